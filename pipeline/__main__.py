@@ -1,0 +1,45 @@
+"""Command line: `python -m pipeline [overrides]` runs the configured stages (Hydra app)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from pipeline.config import register_schemas
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+register_schemas()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    from pipeline.tracking import Terminated
+
+    raise Terminated(f"signal {signum}")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from pipeline.errors import PipelineError
+    from pipeline.runner import quiet_libraries, run_pipeline, summary_lines
+
+    signal.signal(signal.SIGTERM, _terminate)
+    quiet_libraries()
+    try:
+        result = run_pipeline(cfg, progress=sys.stderr.isatty() or bool(cfg.get("progress", False)))
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted: open runs were marked KILLED", file=sys.stderr, flush=True)
+        sys.exit(130)
+    print("\n".join(summary_lines(result)), flush=True)
+    evaluation = result.outputs.get("evaluate")
+    return evaluation.metrics.get(result.objective.metric) if evaluation else None
+
+
+if __name__ == "__main__":
+    main()

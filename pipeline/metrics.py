@@ -1,0 +1,140 @@
+"""Metrics by name, their natural direction, and the objective: the one metric and direction used
+everywhere a model is judged (tuning, the evaluation verdict, the registry gate)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn import metrics as skm
+
+from pipeline.errors import ConfigError
+
+CLASSIFICATION = ("binary", "multiclass")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    direction: str  # maximize or minimize
+    tasks: tuple[str, ...]
+    # (y_true, y_pred, proba) -> value; proba is (n, n_classes) for classification, None otherwise
+    compute: Callable[[np.ndarray, np.ndarray, np.ndarray | None], float]
+
+
+def _roc_auc(y: np.ndarray, _pred: np.ndarray, proba: np.ndarray | None) -> float:
+    assert proba is not None
+    labels = np.arange(proba.shape[1])
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    if proba.shape[1] == 2:
+        return float(skm.roc_auc_score(y, proba[:, 1]))
+    return float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=labels))
+
+
+def _log_loss(y: np.ndarray, _pred: np.ndarray, proba: np.ndarray | None) -> float:
+    assert proba is not None
+    return float(skm.log_loss(y, np.clip(proba, 1e-7, 1.0), labels=np.arange(proba.shape[1])))
+
+
+def _brier(y: np.ndarray, _pred: np.ndarray, proba: np.ndarray | None) -> float:
+    """Multiclass Brier score: mean squared distance between probabilities and one-hot labels."""
+    assert proba is not None
+    onehot = np.eye(proba.shape[1])[y]
+    return float(np.mean(np.sum((proba - onehot) ** 2, axis=1)))
+
+
+def expected_calibration_error(
+    y: np.ndarray, proba: np.ndarray, bins: int = 10
+) -> float:
+    """Top-label ECE: the confidence-weighted gap between confidence and accuracy per bin."""
+    confidence = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == y).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        in_bin = index == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def _rmse(y: np.ndarray, pred: np.ndarray, _proba: np.ndarray | None) -> float:
+    return float(np.sqrt(np.mean((np.asarray(y, float) - np.asarray(pred, float)) ** 2)))
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in [
+        Metric("accuracy", "maximize", CLASSIFICATION,
+               lambda y, p, _: float(np.mean(y == p))),
+        Metric("balanced_accuracy", "maximize", CLASSIFICATION,
+               lambda y, p, _: float(skm.balanced_accuracy_score(y, p))),
+        Metric("precision_macro", "maximize", CLASSIFICATION,
+               lambda y, p, _: float(skm.precision_score(y, p, average="macro", zero_division=0))),
+        Metric("recall_macro", "maximize", CLASSIFICATION,
+               lambda y, p, _: float(skm.recall_score(y, p, average="macro", zero_division=0))),
+        Metric("f1_macro", "maximize", CLASSIFICATION,
+               lambda y, p, _: float(skm.f1_score(y, p, average="macro", zero_division=0))),
+        Metric("roc_auc", "maximize", CLASSIFICATION, _roc_auc),
+        Metric("log_loss", "minimize", CLASSIFICATION, _log_loss),
+        Metric("brier", "minimize", CLASSIFICATION, _brier),
+        Metric("ece", "minimize", CLASSIFICATION,
+               lambda y, _p, proba: expected_calibration_error(y, proba)),
+        Metric("rmse", "minimize", ("regression",), _rmse),
+        Metric("mae", "minimize", ("regression",),
+               lambda y, p, _: float(skm.mean_absolute_error(y, p))),
+        Metric("r2", "maximize", ("regression",),
+               lambda y, p, _: float(skm.r2_score(y, p))),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+    def better(self, a: float, b: float, min_delta: float = 0.0) -> bool:
+        """True when score `a` beats `b` by at least `min_delta` in this objective's direction."""
+        return a - b >= min_delta if self.maximize else b - a >= min_delta
+
+    def improvement(self, a: float, b: float) -> float:
+        """How much `a` is better than `b` (positive is better), whatever the direction."""
+        return a - b if self.maximize else b - a
+
+    def worst(self) -> float:
+        return -np.inf if self.maximize else np.inf
+
+    def score(self, y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None) -> float:
+        return METRICS[self.metric].compute(y, pred, proba)
+
+
+def resolve_objective(metric: str | None, direction: str | None, task: str) -> Objective:
+    """The objective for a task: configured values, or accuracy/maximize and rmse/minimize."""
+    name = metric or ("rmse" if task == "regression" else "accuracy")
+    if name not in METRICS:
+        raise ConfigError(f"objective.metric={name!r} is unknown; expected one of {', '.join(METRICS)}")
+    if task not in METRICS[name].tasks:
+        valid = [m for m, spec in METRICS.items() if task in spec.tasks]
+        raise ConfigError(
+            f"objective.metric={name!r} does not apply to a {task} task; use one of {', '.join(valid)}"
+        )
+    return Objective(name, direction or METRICS[name].direction)
+
+
+def task_metrics(
+    task: str, y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None
+) -> dict[str, float]:
+    """Every metric that applies to the task, computed on one set of predictions."""
+    return {
+        name: spec.compute(y, pred, proba)
+        for name, spec in METRICS.items()
+        if task in spec.tasks and (proba is not None or task == "regression")
+    }

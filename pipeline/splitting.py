@@ -1,0 +1,58 @@
+"""Train/validation/test splits by strategy: random, stratified, group (no group in two splits)
+or time (test is the latest rows)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupShuffleSplit, train_test_split
+
+from pipeline.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+def split_rows(
+    frame: pd.DataFrame, target: pd.Series, strategy: str, val_size: float, test_size: float,
+    seed: int, group: str | None = None, time: str | None = None,
+) -> dict[str, np.ndarray]:
+    """Positional row indices of each split."""
+    rows = np.arange(len(frame))
+    if strategy in ("random", "stratified"):
+        stratify = target.to_numpy() if strategy == "stratified" else None
+        rest, test = train_test_split(rows, test_size=test_size, random_state=seed, stratify=stratify)
+        inner = stratify[rest] if stratify is not None else None
+        train, val = train_test_split(
+            rest, test_size=val_size / (1 - test_size), random_state=seed, stratify=inner
+        )
+    elif strategy == "group":
+        groups = frame[group].astype(str).to_numpy()
+        if len(np.unique(groups)) < 3:
+            raise DataError(f"data.split.group={group!r} has fewer than 3 groups; a group split needs at least 3")
+        outer = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+        rest, test = next(outer.split(rows, groups=groups))
+        inner = GroupShuffleSplit(n_splits=1, test_size=val_size / (1 - test_size), random_state=seed)
+        train_pos, val_pos = next(inner.split(rest, groups=groups[rest]))
+        train, val = rest[train_pos], rest[val_pos]
+    else:
+        when = frame[time]
+        order_key = when if pd.api.types.is_numeric_dtype(when) else pd.to_datetime(when, errors="coerce")
+        if order_key.isna().any():
+            raise DataError(f"data.split.time={time!r} has missing or unparseable values; fill them or choose another column")
+        order = np.argsort(order_key.to_numpy(), kind="stable")
+        n_test = max(1, round(len(rows) * test_size))
+        n_val = max(1, round(len(rows) * val_size))
+        train, val, test = order[: -n_test - n_val], order[-n_test - n_val : -n_test], order[-n_test:]
+    splits = {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+    for name, index in splits.items():
+        if len(index) == 0:
+            raise DataError(f"the {name} split is empty; add rows or change data.split sizes")
+    return splits
+
+
+def split_digest(frame: pd.DataFrame, index: np.ndarray) -> str:
+    """A digest of a split's rows, so two runs can be shown to have used the same rows."""
+    hashed = pd.util.hash_pandas_object(frame.iloc[index], index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]

@@ -1,0 +1,142 @@
+"""Stage prepare: read the data set, check it, split train/val/test with the seed, and fit the
+preprocessing on the training split only."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.data import (
+    Table,
+    card_markdown,
+    coerce_features,
+    config_digest,
+    data_card,
+    inspect,
+    load_builtin,
+    read_table,
+)
+from pipeline.preprocessing import Preprocessing, build_preprocessor
+from pipeline.splitting import SPLITS, split_digest, split_rows
+from pipeline.training import TrainingData
+
+TARGET_COLUMN = "__target__"
+
+
+@dataclass
+class PreparedData:
+    """The prepare stage's output: raw feature rows and encoded targets per split, the fitted
+    preprocessing, and what identifies the data (digests) and describes it (the data card)."""
+
+    name: str
+    task: str
+    target: str
+    frames: dict[str, pd.DataFrame]
+    targets: dict[str, np.ndarray]
+    preprocessing: Preprocessing
+    digest: str
+    source_digest: str
+    split_digests: dict[str, str]
+    card: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.features = {s: self.preprocessing.transform(self.frames[s]) for s in SPLITS}
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.preprocessing.classes or [])
+
+    def training_data(self) -> TrainingData:
+        return TrainingData(
+            self.features["train"], self.targets["train"], self.features["val"],
+            self.targets["val"], self.task, self.n_classes, self.preprocessing.image_shape,
+        )
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for split in SPLITS:
+            frame = self.frames[split].copy()
+            frame[TARGET_COLUMN] = self.targets[split]
+            frame.to_parquet(directory / f"{split}.parquet", index=False)
+        joblib.dump(self.preprocessing, directory / "preprocessing.joblib")
+        meta = {k: getattr(self, k) for k in ("name", "task", "target", "digest", "source_digest", "split_digests")}
+        (directory / "prepared.json").write_text(json.dumps(meta, indent=2))
+        (directory / "data_card.json").write_text(json.dumps(self.card, indent=2, default=str))
+        (directory / "data_card.md").write_text(card_markdown(self.card))
+
+    @classmethod
+    def load(cls, directory: Path) -> PreparedData:
+        meta = json.loads((directory / "prepared.json").read_text())
+        frames, targets = {}, {}
+        for split in SPLITS:
+            frame = pd.read_parquet(directory / f"{split}.parquet")
+            targets[split] = frame.pop(TARGET_COLUMN).to_numpy()
+            frames[split] = frame
+        return cls(
+            frames=frames, targets=targets,
+            preprocessing=joblib.load(directory / "preprocessing.joblib"),
+            card=json.loads((directory / "data_card.json").read_text()), **meta,
+        )
+
+
+def read_source(data_cfg: DictConfig) -> Table:
+    if data_cfg.name == "table":
+        return read_table(data_cfg.path, data_cfg.target, data_cfg.format, data_cfg.delimiter, data_cfg.encoding)
+    return load_builtin(data_cfg.name)
+
+
+def data_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The settings that decide the prepared data (the path itself does not: its content does)."""
+    settings = OmegaConf.to_container(cfg.data, resolve=True)
+    assert isinstance(settings, dict)
+    settings.pop("path", None)
+    return {"data": settings, "seed": int(cfg.seed)}
+
+
+def prepared_digest(source_digest: str, cfg: DictConfig) -> str:
+    return config_digest({"source": source_digest, **data_settings(cfg)})
+
+
+def prepare(cfg: DictConfig, table: Table | None = None) -> PreparedData:
+    """Read (unless given), check, split and fit preprocessing on the training split."""
+    table = table or read_source(cfg.data)
+    frame, inspection = inspect(table, cfg.data)
+    target = frame[table.target]
+    task = inspection.task
+    split_cfg = cfg.data.split
+    strategy = split_cfg.strategy or ("random" if task == "regression" else "stratified")
+    index = split_rows(frame, target, strategy, split_cfg.val_size, split_cfg.test_size, int(cfg.seed),
+                       split_cfg.group, split_cfg.time)
+
+    features = coerce_features(frame, inspection.column_types)
+    classes = None if task == "regression" else sorted(target.unique().tolist(), key=lambda v: (str(type(v)), v))
+    transformer = build_preprocessor(
+        inspection.column_types, table.image_shape is not None, cfg.data.rare_level_min_count
+    )
+    transformer.fit(features.iloc[index["train"]])
+    preprocessing = Preprocessing(
+        transformer, inspection.column_types, classes, cfg.data.one_hot_sparse_above, table.image_shape
+    )
+    frames = {s: features.iloc[index[s]].reset_index(drop=True) for s in SPLITS}
+    targets = {s: preprocessing.encode_target(target.iloc[index[s]]) for s in SPLITS}
+    card = data_card(table, frame, inspection, {s: int(len(index[s])) for s in SPLITS})
+    card["split_strategy"] = strategy
+    return PreparedData(
+        name=cfg.data.name,
+        task=task,
+        target=table.target,
+        frames=frames,
+        targets=targets,
+        preprocessing=preprocessing,
+        digest=prepared_digest(table.source_digest, cfg),
+        source_digest=table.source_digest,
+        split_digests={s: split_digest(frame, index[s]) for s in SPLITS},
+        card=card,
+    )

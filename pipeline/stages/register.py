@@ -1,0 +1,180 @@
+"""Stage register: a new version of the model in the MLflow Model Registry, and the promotion gate.
+
+Alias `champion` moves to the new version only if its test objective passes `registry.min_score`
+and beats the current champion by `registry.min_delta`, both scored now on this run's test split.
+Otherwise the new version becomes `challenger`. Every decision is written down."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from pipeline.metrics import Objective
+from pipeline.stages.prepare import PreparedData
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass
+class Decision:
+    model_name: str
+    version: str
+    alias: str
+    reason: str
+    objective: str
+    direction: str
+    new_score: float
+    champion_version: str | None = None
+    champion_score: float | None = None
+    champion_same_data_digest: bool | None = None
+    champion_comparable: bool | None = None
+    min_score: float | None = None
+    min_delta: float = 0.0
+    force: bool = False
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "decision.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> Decision:
+        return cls(**json.loads((directory / "decision.json").read_text()))
+
+    def line(self) -> str:
+        return f"{self.model_name} v{self.version} -> {self.alias}: {self.reason}"
+
+
+def model_name(cfg: DictConfig) -> str:
+    return cfg.registry.model_name or f"{cfg.data.name}-{cfg.model.name}"
+
+
+def score_model(model_uri: str, prepared: PreparedData, objective: Objective) -> tuple[float | None, str]:
+    """Load a registered model and score it on this run's test rows; None when its inputs or
+    classes do not match this data set (with the reason)."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    schema = model.metadata.get_input_schema()
+    expected = set(prepared.preprocessing.columns)
+    if schema is not None:
+        theirs = set(schema.input_names())
+        if theirs != expected:
+            return None, f"its input columns differ ({len(theirs ^ expected)} not shared)"
+    try:
+        out = model.predict(prepared.frames["test"])
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot be compared"
+        return None, f"it could not score this data ({type(exc).__name__})"
+    y = prepared.targets["test"]
+    classes = prepared.preprocessing.classes
+    if classes is None:
+        return objective.score(y, out["prediction"].to_numpy(dtype=float), None), "scored"
+    proba_columns = [f"proba_{c}" for c in classes]
+    if any(c not in out.columns for c in proba_columns):
+        return None, "its classes differ from this data set's"
+    proba = out[proba_columns].to_numpy(dtype=float)
+    lookup = {str(c): i for i, c in enumerate(classes)}
+    pred = np.array([lookup.get(str(v), -1) for v in out["prediction"]])
+    return objective.score(y, pred, proba), "scored"
+
+
+def _lock(cfg_store_dir: Path | None, name: str) -> Any:
+    """A file lock serializes local registrations; a server store relies on the settle step."""
+    if cfg_store_dir is None:
+        return nullcontext()
+    from filelock import FileLock
+
+    return FileLock(str(cfg_store_dir / f".registry-{name}.lock"), timeout=600)
+
+
+def _passes_min_score(objective: Objective, score: float, min_score: float | None) -> bool:
+    return min_score is None or (score >= min_score if objective.maximize else score <= min_score)
+
+
+def decide(cfg: DictConfig, name: str, version: str, new_score: float, prepared: PreparedData,
+           objective: Objective) -> Decision:
+    """Compare with the current champion (scored now) and choose the alias."""
+    client = MlflowClient()
+    reg = cfg.registry
+    decision = Decision(name, version, CHALLENGER, "", objective.metric, objective.direction, new_score,
+                        min_score=reg.min_score, min_delta=reg.min_delta, force=reg.force)
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        champion = None
+    if not _passes_min_score(objective, new_score, reg.min_score):
+        word = "below" if objective.maximize else "above"
+        decision.reason = f"test {objective.metric} {new_score:.4f} is {word} registry.min_score={reg.min_score}"
+    elif champion is None or champion.version == version:
+        decision.alias, decision.reason = CHAMPION, "there was no champion"
+    else:
+        decision.champion_version = champion.version
+        decision.champion_same_data_digest = champion.tags.get("data.digest") == prepared.digest
+        score, why = score_model(f"models:/{name}/{champion.version}", prepared, objective)
+        decision.champion_comparable = score is not None
+        decision.champion_score = score
+        if score is None:
+            if reg.force:
+                decision.alias = CHAMPION
+                decision.reason = f"champion v{champion.version} cannot be compared ({why}); promoted because registry.force=true"
+            else:
+                decision.reason = (f"champion v{champion.version} cannot be compared ({why}); "
+                                   "set registry.force=true to promote anyway")
+        elif objective.better(new_score, score, reg.min_delta) and (reg.min_delta > 0 or new_score != score):
+            decision.alias = CHAMPION
+            decision.reason = (f"test {objective.metric} {new_score:.4f} beats champion v{champion.version}'s "
+                               f"{score:.4f} (rescored now) by at least registry.min_delta={reg.min_delta}")
+        else:
+            decision.reason = (f"test {objective.metric} {new_score:.4f} does not beat champion "
+                               f"v{champion.version}'s {score:.4f} (rescored now) by registry.min_delta={reg.min_delta}")
+    return decision
+
+
+def register(cfg: DictConfig, prepared: PreparedData, model_uri: str, new_score: float,
+             objective: Objective, tags: dict[str, str], store_dir: Path | None) -> Decision:
+    """Create the version, decide its alias behind the gate, and settle races with others."""
+    client = MlflowClient()
+    name = model_name(cfg)
+    with _lock(store_dir, name):
+        try:
+            client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException:
+            try:
+                client.create_registered_model(name)
+            except mlflow.exceptions.MlflowException:
+                pass  # created by a concurrent registration
+        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints registry chatter
+            version = mlflow.register_model(model_uri, name, tags=tags, await_registration_for=60).version
+        decision = decide(cfg, name, version, new_score, prepared, objective)
+        client.set_registered_model_alias(name, decision.alias, version)
+        if decision.alias == CHAMPION and store_dir is None:
+            decision = _settle(cfg, name, decision, prepared, objective)
+    return decision
+
+
+def _settle(cfg: DictConfig, name: str, decision: Decision, prepared: PreparedData,
+            objective: Objective, rounds: int = 3) -> Decision:
+    """Against a shared server there is no lock: after setting champion, wait, re-read, and if
+    another registration took the alias meanwhile, keep whichever scores better on our split."""
+    client = MlflowClient()
+    for _ in range(rounds):
+        time.sleep(1.0)
+        current = client.get_model_version_by_alias(name, CHAMPION).version
+        if current == decision.version:
+            return decision
+        score, _ = score_model(f"models:/{name}/{current}", prepared, objective)
+        if score is not None and not objective.better(decision.new_score, score, cfg.registry.min_delta):
+            client.set_registered_model_alias(name, CHALLENGER, decision.version)
+            decision.alias, decision.champion_version, decision.champion_score = CHALLENGER, current, score
+            decision.reason = f"a concurrent registration v{current} scored {score:.4f}, at least as good"
+            return decision
+        client.set_registered_model_alias(name, CHAMPION, decision.version)
+    return decision
