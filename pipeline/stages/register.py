@@ -113,10 +113,10 @@ def decide(cfg: DictConfig, name: str, version: str, new_score: float, prepared:
     if not _passes_min_score(objective, new_score, reg.min_score):
         word = "below" if objective.maximize else "above"
         decision.reason = f"test {objective.metric} {new_score:.4f} is {word} registry.min_score={reg.min_score}"
-    elif champion is None or champion.version == version:
+    elif champion is None or str(champion.version) == version:
         decision.alias, decision.reason = CHAMPION, "there was no champion"
     else:
-        decision.champion_version = champion.version
+        decision.champion_version = str(champion.version)
         decision.champion_same_data_digest = champion.tags.get("data.digest") == prepared.digest
         score, why = score_model(f"models:/{name}/{champion.version}", prepared, objective)
         decision.champion_comparable = score is not None
@@ -152,7 +152,7 @@ def register(cfg: DictConfig, prepared: PreparedData, model_uri: str, new_score:
             except mlflow.exceptions.MlflowException:
                 pass  # created by a concurrent registration
         with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints registry chatter
-            version = mlflow.register_model(model_uri, name, tags=tags, await_registration_for=60).version
+            version = str(mlflow.register_model(model_uri, name, tags=tags, await_registration_for=60).version)
         decision = decide(cfg, name, version, new_score, prepared, objective)
         client.set_registered_model_alias(name, decision.alias, version)
         if decision.alias == CHAMPION and store_dir is None:
@@ -167,7 +167,7 @@ def _settle(cfg: DictConfig, name: str, decision: Decision, prepared: PreparedDa
     client = MlflowClient()
     for _ in range(rounds):
         time.sleep(1.0)
-        current = client.get_model_version_by_alias(name, CHAMPION).version
+        current = str(client.get_model_version_by_alias(name, CHAMPION).version)
         if current == decision.version:
             return decision
         score, _ = score_model(f"models:/{name}/{current}", prepared, objective)

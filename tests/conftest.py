@@ -1,0 +1,67 @@
+"""Shared fixtures: a real MLflow store (SQLite in a temp dir), configs composed like the command
+line does but shrunk to tiny budgets, and a helper that runs `python -m pipeline` for real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from pipeline.config import register_schemas
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+# tiny budgets: every test that runs stages starts from these
+TINY = [
+    "tune.n_trials=2",
+    "tune.epochs=3",
+    "train.epochs=4",
+    "evaluate.baselines=[dummy,linear]",
+    "evaluate.bootstrap=50",
+    "train.threads=1",
+]
+
+register_schemas()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    """A fresh SQLite tracking store in a temp dir (artifacts and studies live beside it)."""
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    yield uri
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+@pytest.fixture
+def make_cfg(store: str) -> Callable[..., DictConfig]:
+    """Compose the real config with overrides, tiny budgets and the temp store."""
+
+    def build(*overrides: str, tiny: bool = True) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(
+                config_name="config",
+                overrides=[*(TINY if tiny else []), f"tracking.uri={store}", *overrides],
+            )
+
+    return build
+
+
+@pytest.fixture
+def run_cli(store: str, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run `python -m pipeline` in a subprocess against the temp store."""
+
+    def run(*overrides: str, tiny: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-m", "pipeline", *(TINY if tiny else []), f"tracking.uri={store}",
+                f"hydra.run.dir={tmp_path / 'outputs'}", *overrides]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+    return run
