@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import DataError
+from pipeline.splitting import default_strategy
 
 IMAGE_SHAPES = {"digits": (1, 8, 8)}
 ID_NAME = re.compile(r"(^id$|_id$|^id_|uuid|guid|^index$|^unnamed: ?0$)", re.IGNORECASE)
@@ -42,6 +43,7 @@ class Inspection:
     dropped: dict[str, str] = field(default_factory=dict)  # column -> why
     warnings: list[str] = field(default_factory=list)
     rows_dropped_missing_target: int = 0
+    split_strategy: str = "random"
 
 
 def file_digest(path: Path) -> str:
@@ -80,25 +82,38 @@ def _sniff_delimiter(sample: str) -> str:
 
 
 def read_table(
-    path: str, target: str, fmt: str | None = None, delimiter: str | None = None,
+    path: str,
+    target: str,
+    fmt: str | None = None,
+    delimiter: str | None = None,
     encoding: str | None = None,
 ) -> Table:
     """Read a CSV or Parquet file; unknown formats and unreadable files are errors."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise DataError(f"data.path={path!r} does not exist or is not a file; give the path of a CSV or Parquet file")
+        raise DataError(
+            f"data.path={path!r} does not exist or is not a file; "
+            "give the path of a CSV or Parquet file"
+        )
     suffix = file.suffix.lower()
-    fmt = fmt or {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(suffix)
+    fmt = fmt or {
+        ".csv": "csv",
+        ".tsv": "csv",
+        ".txt": "csv",
+        ".parquet": "parquet",
+        ".pq": "parquet",
+    }.get(suffix)
     if fmt is None:
         raise DataError(
-            f"data.path={path!r} has an unknown format {suffix or '(no extension)'!r}; use a .csv or "
+            f"data.path={path!r} has an unknown format {suffix or '(no extension)'!r}; "
+            "use a .csv or "
             ".parquet file, or set data.format=csv|parquet"
         )
     try:
         if fmt == "parquet":
             frame = pd.read_parquet(file)
         else:
-            encodings = [encoding] if encoding else ["utf-8", "latin-1"]
+            encodings = [encoding] if encoding else ["utf-8-sig", "latin-1"]  # -sig: drop a BOM
             for i, enc in enumerate(encodings):
                 try:
                     with file.open("r", encoding=enc, newline="") as handle:
@@ -119,6 +134,11 @@ def read_table(
     return Table(frame, target, str(file), file_digest(file))
 
 
+def _label(value: Any) -> str:
+    """A class value for a message: 'yes' or 3, not np.int64(3)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def infer_task(target: pd.Series) -> str:
     values = target.dropna()
     unique = values.nunique()
@@ -131,7 +151,45 @@ def infer_task(target: pd.Series) -> str:
     return "multiclass" if unique <= 20 and unique <= max(3, 0.05 * len(values)) else "regression"
 
 
+def _mostly_numbers(series: pd.Series) -> int | None:
+    """For a text column whose values are nearly all numbers ('12', '3.5', with a few '?' or
+    'unknown'), how many values are not numbers; None for a real text column."""
+    if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+        return None
+    present = series.dropna()
+    if len(present) == 0 or not (
+        pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)
+    ):
+        return None
+    parsed = pd.to_numeric(present.astype(str).str.strip(), errors="coerce")
+    failed = int(parsed.isna().sum())
+    if failed < len(present) and failed <= 0.05 * len(present):
+        return failed
+    return None
+
+
+def _looks_like_id(column: str, series: pd.Series) -> bool:
+    """A name like `id`/`customer_id`, or text/integers unique per row (integers only when they
+    run consecutively, like row numbers: a unique integer measurement is still a feature)."""
+    if ID_NAME.search(column):
+        return True
+    if len(series) <= 20 or series.nunique(dropna=False) != len(series):
+        return False
+    if pd.api.types.is_bool_dtype(series):
+        return False
+    if not pd.api.types.is_numeric_dtype(series):
+        if _mostly_numbers(series) is None:
+            return True  # unique text
+        series = pd.to_numeric(series, errors="coerce")
+    values = series.dropna().to_numpy(dtype="float64")
+    if len(values) < len(series) or not np.isfinite(values).all() or np.any(np.mod(values, 1)):
+        return False  # measurements, not counters
+    return bool(values.max() - values.min() == len(values) - 1)
+
+
 def _column_type(series: pd.Series, int_max_levels: int) -> str:
+    if _mostly_numbers(series) is not None:
+        return NUMERIC
     if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
         return CATEGORICAL
     if (
@@ -167,7 +225,8 @@ def _predicts_perfectly(feature: pd.Series, target: pd.Series, task: str) -> boo
     if both["x"].astype(str).equals(both["y"].astype(str)):
         return True
     levels = both["x"].nunique()
-    if task != "regression" and levels <= max(50, 0.05 * len(both)):
+    # each level must cover several rows, or any unique-ish column would "predict" perfectly
+    if task != "regression" and levels <= max(50, 0.05 * len(both)) and levels * 5 <= len(both):
         # few levels, each mapped to exactly one class, and more than one class covered
         return bool(both.groupby("x")["y"].nunique().max() == 1 and both["y"].nunique() > 1)
     if pd.api.types.is_numeric_dtype(both["x"]) and pd.api.types.is_numeric_dtype(both["y"]):
@@ -183,10 +242,15 @@ def inspect(table: Table, data_cfg: Any) -> tuple[pd.DataFrame, Inspection]:
     """
     frame = table.frame
     if frame.shape[0] == 0 or frame.shape[1] == 0:
-        raise DataError(f"the table {table.source!r} is empty; it needs a header and at least {data_cfg.min_rows} rows")
+        raise DataError(
+            f"the table {table.source!r} is empty; "
+            f"it needs a header and at least {data_cfg.min_rows} rows"
+        )
     if table.target not in frame.columns:
         shown = ", ".join(map(str, frame.columns[:30])) + (" ..." if frame.shape[1] > 30 else "")
-        raise DataError(f"target column {table.target!r} is not in the table; its columns are: {shown}")
+        raise DataError(
+            f"target column {table.target!r} is not in the table; its columns are: {shown}"
+        )
     unknown_drop = [c for c in data_cfg.drop if c not in frame.columns]
     if unknown_drop:
         raise DataError(f"data.drop names columns that do not exist: {unknown_drop}")
@@ -199,24 +263,50 @@ def inspect(table: Table, data_cfg: Any) -> tuple[pd.DataFrame, Inspection]:
         frame = frame.loc[~missing_target]
     if len(frame) < data_cfg.min_rows:
         raise DataError(
-            f"the table has {len(frame)} usable rows, fewer than data.min_rows={data_cfg.min_rows}; "
+            f"the table has {len(frame)} usable rows, "
+            f"fewer than data.min_rows={data_cfg.min_rows}; "
             "add rows or lower data.min_rows"
         )
     target = frame[table.target]
+    if pd.api.types.is_numeric_dtype(target) and np.isinf(target.to_numpy(dtype="float64")).any():
+        raise DataError(
+            f"target {table.target!r} holds infinite values; replace them or drop those rows"
+        )
     task = data_cfg.task or infer_task(target)
     if task != "regression" and target.nunique() < 2:
         raise DataError(
-            f"target {table.target!r} has a single class ({target.iloc[0]!r}); a classifier needs at least two"
+            f"target {table.target!r} has a single class ({_label(target.iloc[0])}); "
+            "a classifier needs at least two"
         )
     if task == "regression" and not pd.api.types.is_numeric_dtype(target):
         raise DataError(f"data.task=regression needs a numeric target; {table.target!r} holds text")
+    if (
+        task != "regression"
+        and pd.api.types.is_float_dtype(target)
+        and np.all(np.mod(target.to_numpy(), 1) == 0)
+    ):
+        # integer labels read as floats (a column with gaps): keep the labels as in the file
+        frame = frame.assign(**{table.target: target.astype("int64")})
+        target = frame[table.target]
 
     split = data_cfg.split
-    reserved = {c: f"used for the {kind} split" for c, kind in
-                ((split.group, "group"), (split.time, "time")) if c}
+    strategy = default_strategy(split.strategy, task, split.group, split.time)
+    if strategy == "stratified" and task == "regression":
+        raise DataError(
+            "data.split.strategy=stratified needs classes; "
+            "a regression target splits with random, group or time"
+        )
+    reserved = {
+        c: f"used for the {kind} split"
+        for c, kind in ((split.group, "group"), (split.time, "time"))
+        if c
+    }
     for column in reserved:
         if column not in frame.columns:
-            raise DataError(f"split column {column!r} is not in the table; its columns are: {', '.join(frame.columns)}")
+            raise DataError(
+                f"split column {column!r} is not in the table; "
+                f"its columns are: {', '.join(frame.columns)}"
+            )
     dropped: dict[str, str] = {c: "listed in data.drop" for c in data_cfg.drop}
     dropped.update(reserved)
     column_types: dict[str, str] = {}
@@ -228,38 +318,52 @@ def inspect(table: Table, data_cfg: Any) -> tuple[pd.DataFrame, Inspection]:
             dropped[column] = "all values missing"
             warnings.append(f"column {column!r} has no values and was dropped")
             continue
-        kind = _column_type(series, data_cfg.categorical_int_max_levels)
-        unique_per_row = series.nunique(dropna=False) == len(series)
-        if ID_NAME.search(column) or (
-            unique_per_row and not pd.api.types.is_float_dtype(series) and len(series) > 20
+        if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(
+            series
         ):
+            dropped[column] = "a date/time (data.split.time can split on it)"
+            warnings.append(f"column {column!r} holds dates/times and was dropped")
+            continue
+        if _looks_like_id(column, series):
             dropped[column] = "looks like an identifier"
             warnings.append(f"column {column!r} looks like an identifier and was dropped")
             continue
+        kind = _column_type(series, data_cfg.categorical_int_max_levels)
+        not_numbers = _mostly_numbers(series)
+        if not_numbers:
+            warnings.append(
+                f"column {column!r} holds numbers and {not_numbers} values that are not; "
+                "those were treated as missing"
+            )
         if kind == NUMERIC:
             values = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64")
             if np.isinf(values).any():
                 raise DataError(
-                    f"column {column!r} holds infinite values; replace them with a finite value or leave them empty"
+                    f"column {column!r} holds infinite values; "
+                    "replace them with a finite value or leave them empty"
                 )
         if _predicts_perfectly(series, target, task):
             if series.astype(str).equals(target.astype(str)):
                 dropped[column] = "equals the target (leak)"
                 warnings.append(f"column {column!r} equals the target and was dropped (leak)")
                 continue
-            warnings.append(f"column {column!r} alone predicts the target perfectly: check it is not a leak")
+            warnings.append(
+                f"column {column!r} alone predicts the target perfectly: check it is not a leak"
+            )
         column_types[column] = kind
     if not column_types:
-        raise DataError("no feature columns are left after dropping identifiers, empty and listed columns")
+        raise DataError(
+            "no feature columns are left after dropping identifiers, empty and listed columns"
+        )
 
     if task != "regression":
-        strategy = split.strategy or "stratified"
         counts = target.value_counts()
         needed = max(3, int(np.ceil(2 / min(split.val_size, split.test_size))))
         if strategy == "stratified" and counts.min() < needed:
             raise DataError(
-                f"class {counts.idxmin()!r} has {int(counts.min())} rows, too few to stratify into "
-                f"train/val/test (needs {needed}); add rows, merge rare classes or set data.split.strategy=random"
+                f"class {_label(counts.idxmin())} has {int(counts.min())} rows, "
+                f"too few to stratify into train/val/test (needs {needed}); "
+                "add rows, merge rare classes or set data.split.strategy=random"
             )
     inspection = Inspection(
         task=task,
@@ -268,11 +372,14 @@ def inspect(table: Table, data_cfg: Any) -> tuple[pd.DataFrame, Inspection]:
         dropped=dropped,
         warnings=warnings,
         rows_dropped_missing_target=int(missing_target.sum()),
+        split_strategy=strategy,
     )
     return frame, inspection
 
 
-def data_card(table: Table, frame: pd.DataFrame, inspection: Inspection, split_sizes: dict[str, int]) -> dict[str, Any]:
+def data_card(
+    table: Table, frame: pd.DataFrame, inspection: Inspection, split_sizes: dict[str, int]
+) -> dict[str, Any]:
     """What a person wants to know about the data before trusting a model trained on it."""
     target = frame[table.target]
     card: dict[str, Any] = {
@@ -315,7 +422,9 @@ def card_markdown(card: dict[str, Any]) -> str:
         "| feature | type | missing |",
         "|---|---|---|",
     ]
-    lines += [f"| {c} | {f['type']} | {f['missing_share']:.1%} |" for c, f in card["features"].items()]
+    lines += [
+        f"| {c} | {f['type']} | {f['missing_share']:.1%} |" for c, f in card["features"].items()
+    ]
     if card["dropped_columns"]:
         lines += ["", "| dropped column | why |", "|---|---|"]
         lines += [f"| {c} | {why} |" for c, why in card["dropped_columns"].items()]

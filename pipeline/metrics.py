@@ -35,7 +35,11 @@ def _roc_auc(y: np.ndarray, _pred: np.ndarray, proba: np.ndarray | None) -> floa
 
 def _log_loss(y: np.ndarray, _pred: np.ndarray, proba: np.ndarray | None) -> float:
     assert proba is not None
-    return float(skm.log_loss(y, np.clip(proba, 1e-7, 1.0), labels=np.arange(proba.shape[1])))
+    # clip, then renormalize in float64: float32 network probabilities widened to float64 miss a
+    # sum of exactly one by ~1e-7, which scikit-learn warns about on every call
+    clipped = np.clip(np.asarray(proba, dtype=np.float64), 1e-7, 1.0)
+    clipped /= clipped.sum(axis=1, keepdims=True)
+    return float(skm.log_loss(y, clipped, labels=np.arange(proba.shape[1])))
 
 
 def _brier(y: np.ndarray, _pred: np.ndarray, proba: np.ndarray | None) -> float:

@@ -39,25 +39,31 @@ def build_preprocessor(
     categorical = [c for c, t in column_types.items() if t == CATEGORICAL]
     parts = []
     if numeric:
-        parts.append(("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric))
+        parts.append(
+            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric)
+        )
     if categorical:
-        parts.append((
-            "categorical",
-            make_pipeline(
-                SimpleImputer(strategy="constant", fill_value="(missing)"),
-                OneHotEncoder(
-                    handle_unknown="infrequent_if_exist",
-                    min_frequency=rare_level_min_count,
-                    sparse_output=True,
-                    dtype=np.float32,
+        parts.append(
+            (
+                "categorical",
+                make_pipeline(
+                    SimpleImputer(strategy="constant", fill_value="(missing)"),
+                    OneHotEncoder(
+                        handle_unknown="infrequent_if_exist",
+                        min_frequency=rare_level_min_count,
+                        sparse_output=True,
+                        dtype=np.float32,
+                    ),
                 ),
-            ),
-            categorical,
-        ))
+                categorical,
+            )
+        )
     return ColumnTransformer(parts, sparse_threshold=0.3, verbose_feature_names_out=False)
 
 
-def to_model_input(transformed: np.ndarray | sparse.spmatrix, sparse_above: int) -> np.ndarray | sparse.csr_matrix:
+def to_model_input(
+    transformed: np.ndarray | sparse.spmatrix, sparse_above: int
+) -> np.ndarray | sparse.csr_matrix:
     """float32 features; kept sparse only when the one-hot output is wide."""
     if sparse.issparse(transformed):
         if transformed.shape[1] > sparse_above:
@@ -70,8 +76,14 @@ class Preprocessing:
     """The fitted preprocessing of one prepared data set: raw rows in, model features out, and the
     class labels to decode predictions with. It travels inside the registered model."""
 
-    def __init__(self, transformer: TransformerMixin, column_types: dict[str, str],
-                 classes: list | None, sparse_above: int, image_shape: tuple[int, ...] | None):
+    def __init__(
+        self,
+        transformer: TransformerMixin,
+        column_types: dict[str, str],
+        classes: list | None,
+        sparse_above: int,
+        image_shape: tuple[int, ...] | None,
+    ):
         self.transformer = transformer
         self.column_types = column_types
         self.classes = classes

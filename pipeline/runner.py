@@ -152,6 +152,35 @@ def _run_prepare(ctx: _Context, table: Any) -> None:
         say(f"warning: {warning}")
 
 
+def _claim_tune_run(ctx: _Context, study: Any, settings: Any, tags: dict[str, str]) -> tuple[str, bool]:
+    """The study's one tune run (trials of every invocation and worker nest under it): the one the
+    study records, or a new one. Workers that start at once on a new shared study each create
+    one; after a pause all keep the one recorded last and the others delete theirs."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.stages.tune import PARENT_RUN_ATTR
+
+    client = MlflowClient()
+    recorded = study.user_attrs.get(PARENT_RUN_ATTR)
+    if recorded:
+        try:
+            client.get_run(recorded)
+            return recorded, True
+        except mlflow.exceptions.MlflowException:
+            pass  # the study outlived its run (another store): start a new one
+    mine = client.create_run(ctx.result.experiment_id, run_name="tune",
+                             tags={**tags, "mlflow.parentRunId": ctx.result.parent_run_id}).info.run_id
+    study.set_user_attr(PARENT_RUN_ATTR, mine)
+    if "://" in settings.storage:  # a shared database: other machines may be claiming right now
+        time.sleep(2.0)
+        winner = study.user_attrs.get(PARENT_RUN_ATTR)
+        if winner != mine:
+            client.delete_run(mine)
+            return winner, True
+    return mine, False
+
+
 def _run_tune(ctx: _Context) -> None:
     cfg = ctx.cfg
     prepared: PreparedData = ctx.upstream("prepare")
@@ -164,33 +193,25 @@ def _run_tune(ctx: _Context) -> None:
         return
     import mlflow
 
-    from mlflow.tracking import MlflowClient
-
-    existing = study.user_attrs.get("mlflow_tune_run_id")
-    if existing:
-        try:
-            MlflowClient().get_run(existing)
-        except mlflow.exceptions.MlflowException:
-            existing = None
     tags = ctx.stage_tags("tune", ["prepare"])
     tags.update({"study.name": settings.study_name, "study.storage": tracking.mask(settings.storage)})
-    with tracking.run_scope("tune", ctx.result.experiment_id, None if existing else tags, nested=True,
-                            run_id=existing) as run:
-        run_id = run.info.run_id
+    run_id, existing = _claim_tune_run(ctx, study, settings, tags)
+    with tracking.run_scope("tune", ctx.result.experiment_id, run_id=run_id, nested=True):
         if existing:
-            say(f"tune: resuming study run {existing} toward tune.n_trials={cfg.tune.n_trials}")
+            say(f"tune: continuing the study's run {run_id} toward tune.n_trials={cfg.tune.n_trials}")
             mlflow.set_tag("resumed", "true")
-            mlflow.set_tag("mlflow.parentRunId", ctx.result.parent_run_id)  # show it under this pipeline run
         result = tune(cfg, prepared.training_data(), objective, study, settings, ctx.result.experiment_id,
                       run_id, progress=ctx.progress)
         tracking.save_outputs(run_id, result)
+        # tags, not params: a resumed study or another worker updates them (params never change)
         tracking.log_values(
             run_id,
-            params={f"best.{k}": v for k, v in result.best_values.items()} | {
-                "tune.n_trials": cfg.tune.n_trials, "tune.sampler": cfg.tune.sampler, "tune.pruner": cfg.tune.pruner},
             metrics={f"best_val_{objective.metric}": result.best_value,
                      **{f"trials.{k.lower()}": v for k, v in result.counts.items()}},
-            tags={"best.trial": result.best_trial, "best.run_id": result.best_run_id or ""},
+            tags={f"best.{k}": v for k, v in result.best_values.items()} | {
+                "best.trial": result.best_trial, "best.run_id": result.best_run_id or "",
+                "tune.n_trials": cfg.tune.n_trials, "tune.sampler": cfg.tune.sampler,
+                "tune.pruner": cfg.tune.pruner},
         )
         files = {"trials.csv": trials_frame(study).to_csv(index=False)}
         files.update({f"plots/{k}": v for k, v in study_figures(study).items()})
@@ -326,7 +347,11 @@ def run_pipeline(cfg: DictConfig, progress: bool = False) -> PipelineResult:
         uri = tracking.tracking_uri(cfg.tracking.uri)
         store_dir = tracking.local_store_dir(uri)
         result.experiment_id = tracking.connect(uri, cfg.tracking.experiment)
-        result.link = tracking.runs_table_link(cfg.tracking.ui_url, result.experiment_id)
+        orphans = tracking.reap_orphaned_runs(result.experiment_id)
+        if orphans:
+            say(f"marked {len(orphans)} run(s) KILLED that a dead process left running")
+        ui = uri if uri.startswith(("http://", "https://")) else cfg.tracking.ui_url
+        result.link = tracking.runs_table_link(ui, result.experiment_id)
     ctx = _Context(cfg, result, data_digest, config_digest(cfg), store_dir, progress)
     if not ctx.tracking:
         for stage in stages:
@@ -343,7 +368,8 @@ def run_pipeline(cfg: DictConfig, progress: bool = False) -> PipelineResult:
     parent_tags = {"stage": "pipeline", "stages": ",".join(stages), "data.digest": data_digest,
                    "data.name": cfg.data.name, "model.name": cfg.model.name, "config.digest": ctx.config_digest,
                    "git.commit": git["commit"], "git.dirty": git["dirty"], "seed": str(cfg.seed),
-                   "threads": str(threads), "objective": f"{objective.metric}/{objective.direction}"}
+                   "threads": str(threads), "objective": f"{objective.metric}/{objective.direction}",
+                   **tracking.process_tags()}
     with tracking.run_scope(f"{name} {cfg.data.name}/{cfg.model.name}", result.experiment_id, parent_tags) as parent:
         result.parent_run_id = parent.info.run_id
         plain = OmegaConf.to_container(cfg, resolve=True)

@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -121,6 +122,51 @@ def run_scope(name: str, experiment_id: str, tags: dict[str, str] | None = None,
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_tags() -> dict[str, str]:
+    """Who runs a run: `reap_orphaned_runs` ends it KILLED once that process is gone."""
+    return {"pid": str(os.getpid()), "host": socket.gethostname()}
+
+
+def reap_orphaned_runs(experiment_id: str) -> list[str]:
+    """End KILLED the runs a process on this host left RUNNING when it died without ending them
+    (SIGKILL, out of memory, power loss): runs tagged with its `pid`, and their RUNNING children."""
+    client, host = MlflowClient(), socket.gethostname()
+    running = "attributes.status = 'RUNNING'"
+    try:
+        runs = client.search_runs([experiment_id], f"{running} and tags.host = '{host}'",
+                                  max_results=500)
+    except mlflow.exceptions.MlflowException as exc:
+        log.warning("could not look for orphaned runs: %s", exc)
+        return []
+    reaped: list[str] = []
+    for run in runs:
+        pid = run.data.tags.get("pid", "")
+        if not pid.isdigit() or process_alive(int(pid)) or run.info.run_id in reaped:
+            continue
+        children = client.search_runs(
+            [experiment_id], f"{running} and tags.mlflow.parentRunId = '{run.info.run_id}'",
+            max_results=500)
+        for orphan in [run, *children]:
+            owner = orphan.data.tags.get("pid", pid)
+            if orphan.info.run_id in reaped or (owner.isdigit() and process_alive(int(owner))):
+                continue  # a child with a live process of its own goes on
+            client.set_tag(orphan.info.run_id, "killed.reason",
+                           f"process {pid} on {host} died while it ran")
+            client.set_terminated(orphan.info.run_id, "KILLED")
+            reaped.append(orphan.info.run_id)
+    return reaped
 
 
 class MetricBuffer:
@@ -276,3 +322,18 @@ def runs_table_link(ui_url: str, experiment_id: str) -> str:
 
 def write_json(values: Any) -> str:
     return json.dumps(mask_values(values), indent=2, default=str)
+
+
+def end_runs_of_dead_process(pid: int, host: str, experiment_ids: list[str] | None = None) -> list[str]:
+    """End KILLED the RUNNING runs a dead process (pid on host) owned, found from another process
+    (e.g. a worker that reaped one of its trials); returns their ids."""
+    client = MlflowClient()
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiment_ids, f"attributes.status = 'RUNNING' and tags.pid = '{pid}' and tags.host = '{host}'",
+        max_results=100)
+    for run in runs:
+        client.set_tag(run.info.run_id, "killed.reason", f"process {pid} on {host} died while it ran")
+        client.set_terminated(run.info.run_id, "KILLED")
+    return [r.info.run_id for r in runs]

@@ -161,8 +161,13 @@ def evaluate(cfg: DictConfig, prepared: PreparedData, predictor: Predictor, obje
     verdict = "no baselines were configured (evaluate.baselines=[])"
     if rows:
         key = f"val_{objective.metric}"
-        ranked = sorted(rows, key=lambda r: r[key], reverse=objective.maximize)
-        best = ranked[0]["model"]
+
+        def rank(row: dict[str, Any]) -> tuple[bool, float]:
+            # best val objective first; an undefined score (NaN, e.g. AUC on a one-class split) last
+            value = float(row[key])
+            return (bool(np.isnan(value)), -value if objective.maximize else value)
+
+        best = min(rows, key=rank)["model"]
         difference, interval = bootstrap_difference(
             objective, y, (pred, proba), baseline_predictions[best], cfg.evaluate.bootstrap,
             cfg.evaluate.confidence, int(cfg.seed))

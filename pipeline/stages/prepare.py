@@ -55,8 +55,13 @@ class PreparedData:
 
     def training_data(self) -> TrainingData:
         return TrainingData(
-            self.features["train"], self.targets["train"], self.features["val"],
-            self.targets["val"], self.task, self.n_classes, self.preprocessing.image_shape,
+            self.features["train"],
+            self.targets["train"],
+            self.features["val"],
+            self.targets["val"],
+            self.task,
+            self.n_classes,
+            self.preprocessing.image_shape,
         )
 
     def save(self, directory: Path) -> None:
@@ -66,7 +71,10 @@ class PreparedData:
             frame[TARGET_COLUMN] = self.targets[split]
             frame.to_parquet(directory / f"{split}.parquet", index=False)
         joblib.dump(self.preprocessing, directory / "preprocessing.joblib")
-        meta = {k: getattr(self, k) for k in ("name", "task", "target", "digest", "source_digest", "split_digests")}
+        meta = {
+            k: getattr(self, k)
+            for k in ("name", "task", "target", "digest", "source_digest", "split_digests")
+        }
         (directory / "prepared.json").write_text(json.dumps(meta, indent=2))
         (directory / "data_card.json").write_text(json.dumps(self.card, indent=2, default=str))
         (directory / "data_card.md").write_text(card_markdown(self.card))
@@ -80,15 +88,19 @@ class PreparedData:
             targets[split] = frame.pop(TARGET_COLUMN).to_numpy()
             frames[split] = frame
         return cls(
-            frames=frames, targets=targets,
+            frames=frames,
+            targets=targets,
             preprocessing=joblib.load(directory / "preprocessing.joblib"),
-            card=json.loads((directory / "data_card.json").read_text()), **meta,
+            card=json.loads((directory / "data_card.json").read_text()),
+            **meta,
         )
 
 
 def read_source(data_cfg: DictConfig) -> Table:
     if data_cfg.name == "table":
-        return read_table(data_cfg.path, data_cfg.target, data_cfg.format, data_cfg.delimiter, data_cfg.encoding)
+        return read_table(
+            data_cfg.path, data_cfg.target, data_cfg.format, data_cfg.delimiter, data_cfg.encoding
+        )
     return load_builtin(data_cfg.name)
 
 
@@ -111,18 +123,34 @@ def prepare(cfg: DictConfig, table: Table | None = None) -> PreparedData:
     target = frame[table.target]
     task = inspection.task
     split_cfg = cfg.data.split
-    strategy = split_cfg.strategy or ("random" if task == "regression" else "stratified")
-    index = split_rows(frame, target, strategy, split_cfg.val_size, split_cfg.test_size, int(cfg.seed),
-                       split_cfg.group, split_cfg.time)
+    strategy = inspection.split_strategy
+    index = split_rows(
+        frame,
+        target,
+        strategy,
+        split_cfg.val_size,
+        split_cfg.test_size,
+        int(cfg.seed),
+        split_cfg.group,
+        split_cfg.time,
+    )
 
     features = coerce_features(frame, inspection.column_types)
-    classes = None if task == "regression" else sorted(target.unique().tolist(), key=lambda v: (str(type(v)), v))
+    classes = (
+        None
+        if task == "regression"
+        else sorted(target.unique().tolist(), key=lambda v: (str(type(v)), v))
+    )
     transformer = build_preprocessor(
         inspection.column_types, table.image_shape is not None, cfg.data.rare_level_min_count
     )
     transformer.fit(features.iloc[index["train"]])
     preprocessing = Preprocessing(
-        transformer, inspection.column_types, classes, cfg.data.one_hot_sparse_above, table.image_shape
+        transformer,
+        inspection.column_types,
+        classes,
+        cfg.data.one_hot_sparse_above,
+        table.image_shape,
     )
     frames = {s: features.iloc[index[s]].reset_index(drop=True) for s in SPLITS}
     targets = {s: preprocessing.encode_target(target.iloc[index[s]]) for s in SPLITS}

@@ -73,9 +73,12 @@ class StudySettings:
 
 
 def storage_location(tune_cfg: DictConfig, store_dir: Path | None) -> str:
-    """`tune.storage`, else a journal file next to the local MLflow store (or here)."""
+    """`tune.storage`, else $OPTUNA_STORAGE, else a journal file next to the local MLflow store
+    (or in the working directory)."""
     if tune_cfg.storage:
         return str(tune_cfg.storage)
+    if os.environ.get("OPTUNA_STORAGE"):  # keeps credentials out of the command line
+        return os.environ["OPTUNA_STORAGE"]
     return str((store_dir or Path.cwd()) / "optuna.journal")
 
 
@@ -90,7 +93,8 @@ def make_storage(location: str, heartbeat_seconds: int) -> optuna.storages.BaseS
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
     Path(location).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(location, lock_obj=JournalFileOpenLock(location)))
+    backend = JournalFileBackend(location, lock_obj=JournalFileOpenLock(location))
+    return optuna.storages.JournalStorage(backend)
 
 
 def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -103,7 +107,8 @@ def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def _pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
+                                              reduction_factor=3)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3)
     return optuna.pruners.NopPruner()
@@ -140,7 +145,8 @@ def open_study(cfg: DictConfig, data_digest: str, objective: Objective, store_di
     elif recorded != digest:
         raise ConfigError(
             f"study {settings.study_name!r} was created with another search space or objective "
-            f"({study.user_attrs.get('objective')}); choose a new tune.study_name to start a new study"
+            f"({study.user_attrs.get('objective')}); choose a new tune.study_name to start a "
+            "new study"
         )
     return study, settings
 
@@ -160,7 +166,8 @@ def load_study(settings: StudySettings, worker: int = 0) -> optuna.Study:
     except ValueError as exc:
         if "direction" in str(exc).lower():
             raise ConfigError(
-                f"study {settings.study_name!r} optimizes in another direction; choose a new tune.study_name"
+                f"study {settings.study_name!r} optimizes in another direction; choose a new "
+                "tune.study_name"
             ) from None
         raise
     except Exception as exc:
@@ -192,8 +199,17 @@ def _end_trial_run(trial: FrozenTrial, status: str, state: str, error: str | Non
 def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
     """A trial whose process died: its run ends KILLED and it is retried once, as a new trial."""
     _end_trial_run(trial, "KILLED", "FAIL", "the process running this trial died")
+    pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
+    if pid is not None and host and trial.user_attrs.get(RUN_ID_ATTR):
+        from pipeline.tracking import end_runs_of_dead_process
+
+        try:
+            end_runs_of_dead_process(int(pid), str(host))
+        except Exception as exc:  # noqa: BLE001 - tracking trouble must not stop the study
+            log.warning("could not end the runs of dead process %s: %s", pid, exc)
     if "retry_of" not in trial.user_attrs:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
+                            skip_if_exists=False)
         log.warning("trial %d was left running by a dead process: retrying it", trial.number)
 
 
@@ -219,10 +235,13 @@ def reap_stale_trials(study: optuna.Study, heartbeat_seconds: int) -> int:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
         if "pid" not in attrs:
-            continue
-        dead = (attrs.get("host") == host and not _process_alive(int(attrs["pid"]))) or (
-            now - float(attrs.get("heartbeat", now)) > grace
-        )
+            # killed between ask() and recording its process: stale once the grace period passed
+            started = trial.datetime_start.timestamp() if trial.datetime_start else now
+            dead = now - started > grace
+        else:
+            dead = (attrs.get("host") == host and not _process_alive(int(attrs["pid"]))) or (
+                now - float(attrs.get("heartbeat", now)) > grace
+            )
         if not dead:
             continue
         try:
@@ -275,6 +294,7 @@ class TrialContext:
     heartbeat_seconds: int
     experiment_id: str | None = None
     tune_run_id: str | None = None
+    since: int = 0  # the first trial number of this invocation
 
 
 def _start_trial_run(ctx: TrialContext, trial: optuna.Trial, values: dict[str, Any]) -> str | None:
@@ -285,8 +305,9 @@ def _start_trial_run(ctx: TrialContext, trial: optuna.Trial, values: dict[str, A
     from pipeline.tracking import log_values
 
     client = MlflowClient()
-    tags = {"mlflow.parentRunId": ctx.tune_run_id, "stage": "tune.trial", "trial.number": str(trial.number),
-            "trial.state": "RUNNING"}
+    tags = {"mlflow.parentRunId": ctx.tune_run_id, "stage": "tune.trial",
+            "trial.number": str(trial.number), "trial.state": "RUNNING",
+            "pid": str(os.getpid()), "host": socket.gethostname()}
     retry_of = trial.user_attrs.get("retry_of")
     if retry_of is not None:
         tags["trial.retry_of"] = str(retry_of)
@@ -302,15 +323,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> Tr
     trial.set_user_attr("pid", os.getpid())
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("heartbeat", time.time())
-    values = suggest(trial, ctx.dimensions)
-    run_id = _start_trial_run(ctx, trial, values)
-    if run_id:
-        trial.set_user_attr(RUN_ID_ATTR, run_id)
-    buffer = None
-    if run_id:
-        from pipeline.tracking import MetricBuffer
-
-        buffer = MetricBuffer(run_id, flush_seconds=30.0)
+    run_id, buffer = None, None
     metric_key = f"val_{ctx.objective.metric}"
 
     def on_epoch(epoch: int, record: dict[str, float]) -> None:
@@ -320,21 +333,29 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> Tr
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
-    trial_cfg = apply_values(ctx.cfg, values)
-    frozen = None
     try:
+        # sampling, the MLflow run and the config copy fail like training does: the trial is
+        # recorded FAIL instead of being left RUNNING
+        values = suggest(trial, ctx.dimensions)
+        run_id = _start_trial_run(ctx, trial, values)
+        if run_id:
+            from pipeline.tracking import MetricBuffer
+
+            trial.set_user_attr(RUN_ID_ATTR, run_id)
+            buffer = MetricBuffer(run_id, flush_seconds=30.0)
+        trial_cfg = apply_values(ctx.cfg, values)
         with _Heartbeat(study, trial, ctx.heartbeat_seconds):
-            result = fit(trial_cfg.train, trial_cfg.model, ctx.data, ctx.objective, int(ctx.cfg.seed),
-                         epochs=ctx.epochs, on_epoch=on_epoch)
+            result = fit(trial_cfg.train, trial_cfg.model, ctx.data, ctx.objective,
+                         int(ctx.cfg.seed), epochs=ctx.epochs, on_epoch=on_epoch)
         state, value, error = TrialState.COMPLETE, result.best_score, None
     except optuna.TrialPruned:
         state, value, error = TrialState.PRUNED, None, None
     except KeyboardInterrupt:
         if buffer is not None:
             buffer.flush()
+        trial.set_user_attr("interrupted", True)
         study.tell(trial, state=TrialState.FAIL)
-        frozen = study._storage.get_trial(trial._trial_id)
-        _end_trial_run(frozen, "KILLED", "FAIL", "interrupted")
+        _end_trial_run(study._storage.get_trial(trial._trial_id), "KILLED", "FAIL", "interrupted")
         raise
     except Exception as exc:  # noqa: BLE001 - a failing trial is recorded and the study goes on
         state, value, error = TrialState.FAIL, None, f"{type(exc).__name__}: {exc}"
@@ -350,11 +371,14 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> Tr
     if run_id:
         from pipeline.tracking import log_values
 
-        final = {"value": frozen.value} if frozen.value is not None else {}
+        # `value` only for COMPLETE trials: Optuna gives a pruned trial its last reported value,
+        # which is not comparable with the value of a trial that trained to the end
+        final = {"value": frozen.value} if state == TrialState.COMPLETE else {}
         if state == TrialState.PRUNED and frozen.intermediate_values:
             final["last_reported"] = frozen.intermediate_values[max(frozen.intermediate_values)]
         log_values(run_id, metrics=final)
-        _end_trial_run(frozen, "FAILED" if state == TrialState.FAIL else "FINISHED", state.name, error)
+        status = "FAILED" if state == TrialState.FAIL else "FINISHED"
+        _end_trial_run(frozen, status, state.name, error)
     return state
 
 
@@ -363,39 +387,63 @@ class Census:
     done: int
     running: int
     waiting: int
-    failed: int
+    failed: int  # trials that raised, since this invocation started
+    failing: int  # of those, how many in a row ended the study's latest finished trials
 
 
-def census(study: optuna.Study) -> Census:
-    counts = Counter(t.state for t in study.get_trials(deepcopy=False))
-    failed = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                 if not t.user_attrs.get("surplus") and t.user_attrs.get("error"))
-    return Census(counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], counts[TrialState.RUNNING],
-                  counts[TrialState.WAITING], failed)
+def _awaiting_retry(trials: list[FrozenTrial]) -> set[int]:
+    """Trials whose process died, failed a moment ago, whose retry is not queued yet. They keep
+    their place in the total, so no worker starts a new trial between the failing and the
+    queueing of the retry (which would leave the retry surplus)."""
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    recent = time.time() - 60
+    return {
+        t.number for t in trials
+        if t.state == TrialState.FAIL and "pid" in t.user_attrs and t.number not in retried
+        and not any(t.user_attrs.get(k) for k in ("error", "surplus", "interrupted"))
+        and "retry_of" not in t.user_attrs
+        and t.datetime_complete is not None and t.datetime_complete.timestamp() > recent
+    }
+
+
+def census(study: optuna.Study, since: int = 0) -> Census:
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state for t in trials)
+    counts[TrialState.RUNNING] += len(_awaiting_retry(trials))
+    recent = sorted((t for t in trials if t.number >= since and t.state.is_finished()
+                     and not t.user_attrs.get("surplus")), key=lambda t: t.number)
+    raised = [t.state == TrialState.FAIL and bool(t.user_attrs.get("error")) for t in recent
+              if t.state in DONE or t.user_attrs.get("error")]  # not the trials of dead processes
+    failing = next((i for i, error in enumerate(reversed(raised)) if not error), len(raised))
+    return Census(counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
+                  counts[TrialState.RUNNING], counts[TrialState.WAITING], sum(raised), failing)
 
 
 def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     """After a race between workers, a trial beyond the total is not run."""
-    earlier = [t for t in study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING))
-               if t.number < trial.number]
+    trials = study.get_trials(deepcopy=False)
+    holding = _awaiting_retry(trials)
+    earlier = [t for t in trials if t.number < trial.number
+               and (t.state in (*DONE, TrialState.RUNNING, TrialState.WAITING) or t.number in holding)]
     return len(earlier) >= n_trials
 
 
 def work(study: optuna.Study, ctx: TrialContext, n_trials: int, deadline: float | None,
          progress: Any = None) -> None:
     """Ask for trials until the study holds `n_trials` COMPLETE+PRUNED ones (counting what other
-    workers run), the deadline passes, or as many trials have failed as were asked for."""
+    workers run), the deadline passes, or the last `n_trials` trials all raised (a search space
+    whose every point fails; a trial failing now and then does not stop the study)."""
     while True:
         if deadline is not None and time.time() >= deadline:
             return
-        now = census(study)
+        now = census(study, ctx.since)
         if progress is not None:
             progress(now)
-        if now.done >= n_trials or now.failed >= n_trials:
+        if now.done >= n_trials or now.failing >= n_trials:
             return
         if now.waiting == 0 and now.done + now.running >= n_trials:
             if reap_stale_trials(study, ctx.heartbeat_seconds) == 0:
-                time.sleep(0.5)  # others are finishing the last trials; one may fail and need a redo
+                time.sleep(0.5)  # others are finishing the last trials; one may fail: a redo
             continue
         trial = study.ask()
         if _is_surplus(study, trial, n_trials):
@@ -407,7 +455,8 @@ def work(study: optuna.Study, ctx: TrialContext, n_trials: int, deadline: float 
 
 def _worker_main(settings: StudySettings, cfg_container: dict, data: Any, objective: Objective,
                  worker: int, threads: int, tracking_uri: str | None, experiment_id: str | None,
-                 tune_run_id: str | None, n_trials: int, deadline: float | None) -> None:
+                 tune_run_id: str | None, n_trials: int, deadline: float | None,
+                 since: int = 0) -> None:
     """Entry point of a spawned worker process."""
     import torch
 
@@ -420,8 +469,8 @@ def _worker_main(settings: StudySettings, cfg_container: dict, data: Any, object
     cfg = OmegaConf.create(cfg_container)
     study = load_study(settings, worker)
     dimensions = parse_space(OmegaConf.to_container(cfg.tune.space, resolve=True))
-    ctx = TrialContext(cfg, data, objective, dimensions, settings.epochs, settings.heartbeat_seconds,
-                       experiment_id, tune_run_id)
+    ctx = TrialContext(cfg, data, objective, dimensions, settings.epochs,
+                       settings.heartbeat_seconds, experiment_id, tune_run_id, since)
     work(study, ctx, n_trials, deadline)
 
 
@@ -440,10 +489,11 @@ def tune(
     deadline = time.time() + cfg.tune.timeout if cfg.tune.timeout else None
     if tune_run_id is not None:
         study.set_user_attr(PARENT_RUN_ATTR, tune_run_id)
+    since = len(study.get_trials(deepcopy=False))
     reap_stale_trials(study, settings.heartbeat_seconds)
     dimensions = parse_space(OmegaConf.to_container(cfg.tune.space, resolve=True), cfg)
-    ctx = TrialContext(cfg, data, objective, dimensions, settings.epochs, settings.heartbeat_seconds,
-                       experiment_id, tune_run_id)
+    ctx = TrialContext(cfg, data, objective, dimensions, settings.epochs,
+                       settings.heartbeat_seconds, experiment_id, tune_run_id, since)
 
     bar = None
     if progress:
@@ -461,19 +511,22 @@ def tune(
         if n_jobs == 1:
             work(study, ctx, n_trials, deadline, show)
         else:
-            _run_workers(cfg, data, objective, settings, experiment_id, tune_run_id, n_trials, n_jobs,
-                         deadline, show)
+            _run_workers(cfg, data, objective, settings, experiment_id, tune_run_id, n_trials,
+                         n_jobs, deadline, show, since)
             # finish here what dead workers left undone (their trials were reaped and re-queued)
             work(study, ctx, n_trials, deadline, show)
     finally:
         if bar is not None:
             bar.close()
+    now = census(study, since)
+    if now.done < n_trials and now.failing >= n_trials:
+        log.warning("stopped tuning: the last %d trials all failed", now.failing)
     return summarize(study, dimensions, settings, n_trials)
 
 
 def _run_workers(cfg: DictConfig, data: Any, objective: Objective, settings: StudySettings,
                  experiment_id: str | None, tune_run_id: str | None, n_trials: int, n_jobs: int,
-                 deadline: float | None, show: Any) -> None:
+                 deadline: float | None, show: Any, since: int = 0) -> None:
     import mlflow
 
     threads = max(1, (cfg.train.threads or os.cpu_count() or 1) // n_jobs)
@@ -484,7 +537,7 @@ def _run_workers(cfg: DictConfig, data: Any, objective: Objective, settings: Stu
         context.Process(
             target=_worker_main,
             args=(settings, container, data, objective, i, threads, uri, experiment_id, tune_run_id,
-                  n_trials, deadline),
+                  n_trials, deadline, since),
             daemon=True,
         )
         for i in range(n_jobs)
@@ -494,7 +547,7 @@ def _run_workers(cfg: DictConfig, data: Any, objective: Objective, settings: Stu
     study = load_study(settings)
     try:
         while any(p.is_alive() for p in workers):
-            show(census(study))
+            show(census(study, since))
             time.sleep(0.5)
     except KeyboardInterrupt:
         for process in workers:
@@ -512,7 +565,8 @@ def summarize(study: optuna.Study, dimensions: list[Dimension], settings: StudyS
     counts = Counter(t.state.name for t in trials if not t.user_attrs.get("surplus"))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
-        errors = Counter(t.user_attrs.get("error", "unknown error") for t in trials if t.state == TrialState.FAIL)
+        errors = Counter(t.user_attrs.get("error", "unknown error") for t in trials
+                         if t.state == TrialState.FAIL and not t.user_attrs.get("surplus"))
         summary = "; ".join(f"{n}x {e}" for e, n in errors.most_common(3)) or "no trial completed"
         raise PipelineError(f"tuning failed: no trial completed ({dict(counts)}): {summary}")
     best = study.best_trial
@@ -529,8 +583,8 @@ def summarize(study: optuna.Study, dimensions: list[Dimension], settings: StudyS
 
 
 def trials_frame(study: optuna.Study) -> Any:
-    frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
-    return frame
+    return study.trials_dataframe(
+        attrs=("number", "value", "state", "params", "duration", "user_attrs"))
 
 
 def study_figures(study: optuna.Study) -> dict[str, str]:

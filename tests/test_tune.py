@@ -1,0 +1,318 @@
+"""Stage tune against a real Optuna study (the default journal file next to a temporary SQLite
+MLflow store): pruning, one nested MLflow run per trial, resuming, a SIGKILLed run, two worker
+processes sharing the study, failing trials and a changed search space."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from conftest import ROOT, TINY
+from mlflow.tracking import MlflowClient
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.runner import run_pipeline
+from pipeline.stages.tune import PARENT_RUN_ATTR, RUN_ID_ATTR
+
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+TUNE = "stages=[prepare,tune]"
+LR_ONLY = {"train": {"lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True}}}
+DIVERGES = 1e12  # an lr that makes the loss NaN in the first epoch: TrainingDiverged
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store with its schema created once: creating the schema takes
+    seconds, and every test here starts from a fresh store."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_store(store: str, migrated_db: Path) -> Path:
+    """Put a copy of the empty store where the `store` fixture points (and point this process's
+    MLflow client at it, for tests that run the pipeline in a subprocess); returns its folder."""
+    target = Path(store[len("sqlite:///"):])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(migrated_db, target)
+    mlflow.set_tracking_uri(store)
+    return target.parent
+
+
+def tune_cfg(make_cfg, *overrides: str, space: dict | None = None):
+    cfg = make_cfg(TUNE, *overrides)
+    if space is not None:
+        cfg.tune.space = space
+    return cfg
+
+
+def journal(store_dir: Path) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(JournalFileBackend(str(store_dir / "optuna.journal")))
+
+
+def the_study(store_dir: Path) -> optuna.Study:
+    """The one study in the store's default journal."""
+    storage = journal(store_dir)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    assert len(summaries) == 1, [s.study_name for s in summaries]
+    return optuna.load_study(study_name=summaries[0].study_name, storage=storage)
+
+
+def done(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=DONE)
+
+
+def trial_runs(tune_run_id: str) -> list:
+    client = MlflowClient()
+    experiment_id = client.get_run(tune_run_id).info.experiment_id
+    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{tune_run_id}'",
+                              max_results=1000)
+
+
+def run_ids(runs: list) -> list[str]:
+    return sorted(r.info.run_id for r in runs)
+
+
+def running_runs(experiment_id: str) -> list:
+    return MlflowClient().search_runs([experiment_id], "attributes.status = 'RUNNING'")
+
+
+# --- one invocation ---------------------------------------------------------------------------
+
+
+def test_median_pruner_prunes_and_every_trial_has_its_own_nested_run(make_cfg, fresh_store):
+    # a wide lr range: slow learners fall behind the median after the warm-up epochs. Four good
+    # trials (the median pruner's startup) and one that cannot learn are queued to be sure of a
+    # pruned trial; the sampler picks the rest
+    cfg = tune_cfg(make_cfg, "tune.n_trials=8", "tune.epochs=8", "tune.pruner=median",
+                   "tune.sampler=random", "tune.study_name=pruning", space=LR_ONLY)
+    queued = optuna.create_study(study_name="pruning", storage=journal(fresh_store),
+                                 direction="maximize")
+    for lr in (3e-3, 1e-2, 3e-3, 1e-2, 1e-7):
+        queued.enqueue_trial({"train.lr": lr})
+    result = run_pipeline(cfg)
+    tune_run_id = result.run_ids["tune"]
+    study = the_study(fresh_store)
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state for t in trials)
+    assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] == 8 == len(trials)
+    assert states[TrialState.PRUNED] >= 1, states
+    assert study.trials[4].state == TrialState.PRUNED  # lr=1e-7
+    assert study.user_attrs[PARENT_RUN_ATTR] == tune_run_id
+    assert result.outputs["tune"].counts == {s.name: n for s, n in states.items()}
+
+    client = MlflowClient()
+    tune_run = client.get_run(tune_run_id)
+    assert tune_run.info.status == "FINISHED"
+    assert tune_run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+    assert tune_run.data.tags["study.name"] == study.study_name
+    runs = {r.info.run_id: r for r in trial_runs(tune_run_id)}
+    assert len(runs) == len(trials)
+    for trial in trials:
+        run = runs[trial.user_attrs[RUN_ID_ATTR]]
+        tags, metrics = run.data.tags, run.data.metrics
+        assert run.info.run_name == f"trial-{trial.number:03d}"
+        assert run.info.status == "FINISHED"
+        assert tags["trial.number"] == str(trial.number)
+        assert tags["trial.state"] == trial.state.name
+        assert float(run.data.params["train.lr"]) == pytest.approx(trial.params["train.lr"])
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == sorted(trial.intermediate_values)
+        assert {m.step: m.value for m in history} == pytest.approx(trial.intermediate_values)
+        if trial.state == TrialState.COMPLETE:
+            assert len(history) == 8
+            assert metrics["value"] == pytest.approx(trial.value)
+        else:
+            assert len(history) < 8  # stopped early by the pruner
+            assert "value" not in metrics
+            assert metrics["last_reported"] == pytest.approx(
+                trial.intermediate_values[max(trial.intermediate_values)])
+    best = result.outputs["tune"]
+    assert best.best_run_id == study.best_trial.user_attrs[RUN_ID_ATTR]
+    assert best.best_value == pytest.approx(study.best_value)
+
+
+def test_resume_continues_toward_the_total_under_one_tune_run(make_cfg, fresh_store):
+    first = run_pipeline(tune_cfg(make_cfg, "tune.n_trials=3"))
+    assert len(done(the_study(fresh_store))) == 3
+    second = run_pipeline(tune_cfg(make_cfg, "tune.n_trials=5"))
+
+    study = the_study(fresh_store)
+    assert len(done(study)) == 5
+    assert len(study.trials) == 5
+    tune_run_id = first.run_ids["tune"]
+    assert second.run_ids["tune"] == tune_run_id == study.user_attrs[PARENT_RUN_ATTR]
+    runs = trial_runs(tune_run_id)
+    assert run_ids(runs) == sorted(t.user_attrs[RUN_ID_ATTR] for t in study.trials)
+    client = MlflowClient()
+    tune_run = client.get_run(tune_run_id)
+    assert tune_run.info.status == "FINISHED"
+    assert tune_run.data.tags["mlflow.parentRunId"] in (first.parent_run_id, second.parent_run_id)
+    assert tune_run.data.tags["resumed"] == "true"
+    metrics = tune_run.data.metrics
+    assert metrics["trials.complete"] + metrics.get("trials.pruned", 0) == 5
+    assert tune_run.data.tags["tune.n_trials"] == "5"  # a tag: MLflow params never change
+    assert running_runs(first.experiment_id) == []
+
+
+def test_a_changed_search_space_is_refused_for_a_named_study(make_cfg, fresh_store):
+    run_pipeline(tune_cfg(make_cfg, "tune.n_trials=1", "tune.study_name=fixed"))
+    changed = tune_cfg(make_cfg, "tune.n_trials=2", "tune.study_name=fixed",
+                       "tune.space.train.lr.high=0.05")
+    with pytest.raises(ConfigError, match=r"'fixed'.*another search space.*new tune\.study_name"):
+        run_pipeline(changed)
+    study = optuna.load_study(study_name="fixed", storage=journal(fresh_store))
+    assert len(study.trials) == 1  # nothing ran against the old study
+
+
+# --- failing trials ---------------------------------------------------------------------------
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(make_cfg, fresh_store):
+    space = {"train": {"lr": {"type": "categorical", "choices": [0.001, 0.003, 0.01, DIVERGES]}}}
+    cfg = tune_cfg(make_cfg, "tune.n_trials=3", "tune.study_name=failing", space=space)
+    # the first trial is sure to diverge; the sampler picks the others
+    study = optuna.create_study(study_name="failing", storage=journal(fresh_store),
+                                direction="maximize")
+    study.enqueue_trial({"train.lr": DIVERGES})
+    result = run_pipeline(cfg)
+
+    study = optuna.load_study(study_name="failing", storage=journal(fresh_store))
+    assert len(done(study)) == 3
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    assert failed and failed[0].number == 0
+    client = MlflowClient()
+    for trial in failed:
+        assert trial.params["train.lr"] == DIVERGES
+        assert trial.user_attrs["error"].startswith("TrainingDiverged: training diverged")
+        run = client.get_run(trial.user_attrs[RUN_ID_ATTR])
+        assert run.info.status == "FAILED"
+        assert run.data.tags["trial.state"] == "FAIL"
+        assert run.data.tags["error"] == trial.user_attrs["error"]
+        assert "value" not in run.data.metrics
+    assert all(t.params["train.lr"] != DIVERGES for t in done(study))
+    assert result.outputs["tune"].counts["FAIL"] == len(failed)
+    assert client.get_run(result.run_ids["tune"]).info.status == "FINISHED"
+
+
+def test_when_every_trial_fails_the_stage_fails_with_the_errors(make_cfg, fresh_store):
+    space = {"train": {"lr": {"type": "categorical", "choices": [DIVERGES]}}}
+    cfg = tune_cfg(make_cfg, "tune.n_trials=2", space=space)
+    with pytest.raises(PipelineError,
+                       match=r"no trial completed.*2x TrainingDiverged: training diverged"):
+        run_pipeline(cfg)
+    study = the_study(fresh_store)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    client = MlflowClient()
+    tune_run = client.get_run(study.user_attrs[PARENT_RUN_ATTR])
+    assert tune_run.info.status == "FAILED"
+    assert "no trial completed" in tune_run.data.tags["error"]
+    assert client.get_run(tune_run.data.tags["mlflow.parentRunId"]).info.status == "FAILED"
+    for trial in study.trials:
+        assert client.get_run(trial.user_attrs[RUN_ID_ATTR]).info.status == "FAILED"
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_then_rerun_retries_it_and_leaves_nothing_running(
+        make_cfg, store, fresh_store, tmp_path):
+    overrides = [TUNE, "tune.n_trials=2", "tune.epochs=40", "tune.pruner=none",
+                 "train.early_stopping.patience=100", "train.threads=1"]
+    log = (tmp_path / "killed.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *TINY, f"tracking.uri={store}",
+         f"hydra.run.dir={tmp_path / 'outputs'}", *overrides],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    victim = None
+    try:
+        deadline = time.time() + 240
+        while victim is None and time.time() < deadline and process.poll() is None:
+            time.sleep(0.3)
+            if not (fresh_store / "optuna.journal").exists():
+                continue
+            try:
+                study = the_study(fresh_store)
+            except Exception:  # noqa: BLE001
+                continue  # the study is being created
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if RUN_ID_ATTR in trial.user_attrs and 0 < len(trial.intermediate_values) < 20:
+                    victim = trial
+        assert victim is not None, (tmp_path / "killed.log").read_text()[-3000:]
+        process.send_signal(signal.SIGKILL)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()  # no zombie: the process must be really gone for the reaping below
+        log.close()
+
+    client = MlflowClient()
+    study = the_study(fresh_store)
+    assert study.trials[victim.number].state == TrialState.RUNNING
+    tune_run_id = study.user_attrs[PARENT_RUN_ATTR]
+    experiment_id = client.get_run(tune_run_id).info.experiment_id
+    [killed_parent] = client.search_runs(
+        [experiment_id], f"tags.pid = '{process.pid}' and tags.stage = 'pipeline'")
+    left = {r.info.run_id for r in running_runs(experiment_id)}
+    assert {killed_parent.info.run_id, tune_run_id, victim.user_attrs[RUN_ID_ATTR]} <= left
+
+    result = run_pipeline(make_cfg(*overrides))
+
+    study = the_study(fresh_store)
+    states = Counter(t.state for t in study.trials)
+    assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] == 2
+    assert states[TrialState.RUNNING] == 0
+    assert running_runs(experiment_id) == []
+    # the killed trial failed, its run ended KILLED, and it was run again once with its params
+    killed = study.trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    killed_run = client.get_run(killed.user_attrs[RUN_ID_ATTR])
+    assert killed_run.info.status == "KILLED"
+    assert killed_run.data.tags["trial.state"] == "FAIL"
+    [retry] = [t for t in study.trials if "retry_of" in t.user_attrs]
+    assert retry.user_attrs["retry_of"] == victim.number
+    assert retry.state in DONE
+    assert retry.params == victim.params
+    retry_run = client.get_run(retry.user_attrs[RUN_ID_ATTR])
+    assert retry_run.data.tags["trial.retry_of"] == str(victim.number)
+    # one tune run holds every trial run; the killed invocation's runs did not stay RUNNING
+    assert result.run_ids["tune"] == tune_run_id
+    assert client.get_run(tune_run_id).info.status == "FINISHED"
+    assert client.get_run(killed_parent.info.run_id).info.status == "KILLED"
+    expected = sorted(t.user_attrs[RUN_ID_ATTR] for t in study.trials)
+    assert run_ids(trial_runs(tune_run_id)) == expected
+
+
+@pytest.mark.slow
+def test_two_worker_processes_share_the_study_without_duplicates(run_cli, fresh_store):
+    done_run = run_cli(TUNE, "tune.n_jobs=2", "tune.n_trials=4", "tune.pruner=none")
+    assert done_run.returncode == 0, done_run.stderr[-3000:]
+
+    study = the_study(fresh_store)
+    finished = done(study)
+    assert len(finished) == 4
+    assert len({t.number for t in finished}) == 4
+    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    # only surplus trials (asked in a race, never run) may be anything else
+    assert all(t.user_attrs.get("surplus") for t in study.trials if t.state not in DONE)
+    runs = trial_runs(study.user_attrs[PARENT_RUN_ATTR])
+    by_number = Counter(r.data.tags["trial.number"] for r in runs)
+    assert all(n == 1 for n in by_number.values()), by_number
+    assert run_ids(runs) == sorted(t.user_attrs[RUN_ID_ATTR] for t in finished)
+    assert all(r.info.status == "FINISHED" for r in runs)
