@@ -225,9 +225,10 @@ def latency(
         + markdown_table(["path", "p50 ms", "p99 ms", "range ms", "rows/s at p50"], table)
         + f"\n\nserved / in process: p50 x{p50:.2f}, p99 x{p99:.2f}",
     )
+    served_ms, local_ms = (percentile(samples[k], 50) * 1e3 for k in ("served", "in process"))
     report.headline(
         f"{size}-row request p50 ms: served (in process)",
-        f"{percentile(samples['served'], 50) * 1e3:.1f} ({percentile(samples['in process'], 50) * 1e3:.1f})",
+        f"{served_ms:.1f} ({local_ms:.1f})",
         "info",
         None,
     )
@@ -248,6 +249,7 @@ def batch_scoring(
     rows: Any,
     size: int,
     repeats: int,
+    quick: bool = False,
 ) -> None:
     import pandas as pd
 
@@ -275,7 +277,8 @@ def batch_scoring(
     print(
         f"\nbatch scoring {size} rows: pipeline.serving predict vs in-process predict", flush=True
     )
-    for round_ in range(repeats + 1):  # round 0 is a warm-up
+    warmup = 0 if quick else 1
+    for round_ in range(warmup, repeats + 1):  # round 0 is a warm-up
         started = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
         wall = time.perf_counter() - started
@@ -318,7 +321,9 @@ def batch_scoring(
     ]
     report.section(
         f"Batch scoring, {size} rows (CSV in, CSV out)",
-        f"Median of {repeats} alternating repeats after a warm-up. The whole command includes "
+        f"Median of {repeats} alternating repeat(s)"
+        + (" (no warm-up: --quick)" if quick else " after a warm-up")
+        + ". The whole command includes "
         "starting Python, loading the model from the registry, reading and writing the files.\n\n"
         + markdown_table(["path", "seconds", "range", "rows/s"], table),
     )
@@ -351,9 +356,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    requests = args.requests or (30 if args.quick else 200)
-    batch_rows = 10_000 if args.quick else 100_000
-    repeats = args.repeats or 3
+    requests = args.requests or (20 if args.quick else 200)
+    batch_rows = 5_000 if args.quick else 100_000
+    repeats = args.repeats or (1 if args.quick else 3)
     report = Report(
         "serving",
         "Serving: REST latency vs in process, and batch scoring",
@@ -385,7 +390,9 @@ def main() -> None:
             connection.close()
         finally:
             server.stop()
-        batch_scoring(report, root, tracking_uri, model_uri, model, rows, batch_rows, repeats)
+        batch_scoring(
+            report, root, tracking_uri, model_uri, model, rows, batch_rows, repeats, args.quick
+        )
     report.write()
 
 

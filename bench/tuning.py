@@ -5,8 +5,9 @@ tune.pruner=none, median and hyperband: epochs trained in total (the sum over tr
 epochs each reported), wall time of the tune stage and the best validation objective found.
 Early stopping is switched off so that the epochs saved are the pruner's alone.
 
-Parallelism: trials per minute with tune.n_jobs=2 against 1 (no pruning, same total thread
-count: train.threads = the machine's cores, which the stage splits among its workers).
+Parallelism: trials per minute with tune.n_jobs=2 against 1, no pruning: one worker with 1
+thread and with every core, two workers with train.threads unset (the stage gives each
+cores // n_jobs threads), and (full run only) two workers with train.threads set to the cores.
 
 Every configuration runs `run_pipeline(stages=[prepare,tune])` with tracking on, in a fresh
 temporary SQLite store with its own journal-file study.
@@ -17,6 +18,7 @@ temporary SQLite store with its own journal-file study.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from itertools import count
@@ -36,7 +38,7 @@ def run_search(
     epochs: int,
     pruner: str,
     n_jobs: int,
-    threads: int,
+    threads: int | None,
     seed: int = 42,
 ) -> dict[str, Any]:
     import optuna
@@ -62,7 +64,7 @@ def run_search(
         f"tune.pruner={pruner}",
         "tune.sampler=tpe",
         f"tune.n_jobs={n_jobs}",
-        f"train.threads={threads}",
+        f"train.threads={'null' if threads is None else threads}",
         "train.device=cpu",
         "train.early_stopping.patience=1000000",
     )
@@ -113,10 +115,93 @@ def rounds(
     return results
 
 
+def parallel(
+    report: Report,
+    root: Path,
+    common: dict[str, Any],
+    trials: int,
+    epochs: int,
+    data: str,
+    repeats: int,
+    cores: int,
+    quick: bool,
+) -> None:
+    """Trials per minute with one worker process against two, without pruning."""
+    variants = {
+        # one process, torch threads pinned to 1 or to every core (torch's own default here)
+        "1 worker x 1 thread": {"n_jobs": 1, "threads": 1},
+        f"1 worker x {cores} threads": {"n_jobs": 1, "threads": cores},
+        # train.threads unset: the stage gives each worker cores // n_jobs threads
+        f"2 workers x {max(1, cores // 2)} thread(s)": {"n_jobs": 2, "threads": None},
+    }
+    if not quick:
+        # train.threads set explicitly: what each worker then really uses
+        variants[f"2 workers, train.threads={cores}"] = {"n_jobs": 2, "threads": cores}
+    if quick:
+        del variants["1 worker x 1 thread"]
+    print(f"\nparallelism: {trials} trials x {epochs} epochs on {data}, no pruning", flush=True)
+    labels = {name: re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") for name in variants}
+    found = rounds(
+        {labels[n]: {"pruner": "none", **v} for n, v in variants.items()}, repeats, root, common
+    )
+    rows, rate = [], {}
+    for name in variants:
+        runs = found[labels[name]]
+        seconds = [r["stage_seconds"] for r in runs]
+        rate[name] = 60.0 * trials / median(seconds)
+        search_rate = 60.0 * trials / median([r["search_seconds"] for r in runs])
+        rows.append(
+            [
+                name,
+                median(seconds),
+                spread(seconds),
+                rate[name],
+                search_rate,
+                median([r["best"] for r in runs]),
+            ]
+        )
+    report.section(
+        f"Parallel workers ({data}, {trials} trials x {epochs} epochs, no pruning)",
+        "Trials per minute from the tune stage's wall time (worker start-up included) and from the "
+        "trials' own start and end times (search only). With train.threads unset the stage gives "
+        f"each of its n_jobs workers cores // n_jobs threads. Median of {repeats} alternating "
+        "repeat(s).\n\n"
+        + markdown_table(
+            [
+                "configuration",
+                "tune stage s",
+                "range",
+                "trials/min (stage)",
+                "trials/min (search only)",
+                "best val",
+            ],
+            rows,
+        ),
+    )
+    two = f"2 workers x {max(1, cores // 2)} thread(s)"
+    for one in (f"1 worker x {cores} threads", "1 worker x 1 thread"):
+        if one in rate:
+            speedup = rate[two] / rate[one]
+            report.headline(
+                f"trials/min, n_jobs=2 / n_jobs=1 ({two} vs {one})",
+                round(speedup, 3),
+                f"> 1 (ideal {cores})",
+                speedup > 1,
+            )
+    explicit = f"2 workers, train.threads={cores}"
+    if explicit in rate:
+        report.headline(
+            f"trials/min, n_jobs=2 with train.threads={cores} / without",
+            round(rate[explicit] / rate[two], 3),
+            "~1",
+            rate[explicit] / rate[two] > 0.8,
+        )
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument(
-        "--trials", type=int, default=None, help="trials per search (default 16, --quick 4)"
+        "--trials", type=int, default=None, help="trials per search (default 16, --quick 6)"
     )
     p.add_argument(
         "--epochs", type=int, default=None, help="epoch budget per trial (default 20, --quick 5)"
@@ -128,7 +213,7 @@ def main() -> None:
     args = p.parse_args()
     quiet(mlflow=True)
     repeats = args.repeats or (1 if args.quick else 3)
-    trials = args.trials or (4 if args.quick else 16)
+    trials = args.trials or (6 if args.quick else 16)
     epochs = args.epochs or (5 if args.quick else 20)
     data = args.data or ("breast_cancer" if args.quick else "digits")
     cores = os.cpu_count() or 1
@@ -219,57 +304,7 @@ def main() -> None:
                 )
 
         if args.skip != "parallel":
-            print(
-                f"\nparallelism: {trials} trials x {epochs} epochs on {data}, n_jobs 1 vs 2",
-                flush=True,
-            )
-            found = rounds(
-                {f"n_jobs={n}": {"pruner": "none", "n_jobs": n, "threads": cores} for n in (1, 2)},
-                repeats,
-                root,
-                common,
-            )
-            rows = []
-            rate = {}
-            for name, runs in found.items():
-                seconds = [r["stage_seconds"] for r in runs]
-                rate[name] = 60.0 * trials / median(seconds)
-                search_rate = 60.0 * trials / median([r["search_seconds"] for r in runs])
-                rows.append(
-                    [
-                        name,
-                        median(seconds),
-                        spread(seconds),
-                        rate[name],
-                        search_rate,
-                        median([r["best"] for r in runs]),
-                    ]
-                )
-            speedup = rate["n_jobs=2"] / rate["n_jobs=1"]
-            report.section(
-                f"Parallel workers ({data}, {trials} trials x {epochs} epochs, no pruning)",
-                f"train.threads={cores} in both: n_jobs=1 trains with {cores} threads, n_jobs=2 "
-                f"with {max(1, cores // 2)} per worker process. Trials per minute from the tune "
-                "stage's wall time (worker start-up included) and from the trials' own start and "
-                f"end times (search only). Median of {repeats} alternating repeat(s).\n\n"
-                + markdown_table(
-                    [
-                        "workers",
-                        "tune stage s",
-                        "range",
-                        "trials/min (stage)",
-                        "trials/min (search only)",
-                        "best val",
-                    ],
-                    rows,
-                ),
-            )
-            report.headline(
-                "trials per minute, n_jobs=2 / n_jobs=1",
-                round(speedup, 3),
-                f"> 1 (ideal {cores} on {cores} cores)",
-                speedup > 1,
-            )
+            parallel(report, root, common, trials, epochs, data, repeats, cores, args.quick)
     if repeats < 3:
         report.note(
             f"only {repeats} repeat(s) per configuration (--quick): times are indicative only"

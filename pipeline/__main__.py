@@ -23,10 +23,17 @@ def _terminate(signum: int, frame: object) -> None:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from pipeline.config import validate
     from pipeline.errors import PipelineError
-    from pipeline.runner import quiet_libraries, run_pipeline, summary_lines
 
     signal.signal(signal.SIGTERM, _terminate)
+    try:
+        validate(cfg)  # before the heavy imports: a bad value is reported in a second
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    from pipeline.runner import quiet_libraries, run_pipeline, summary_lines
+
     quiet_libraries()
     try:
         result = run_pipeline(cfg, progress=sys.stderr.isatty() or bool(cfg.get("progress", False)))

@@ -4,6 +4,7 @@ line does but shrunk to tiny budgets, and a helper that runs `python -m pipeline
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from pipeline.config import register_schemas
@@ -31,10 +33,22 @@ TINY = [
 register_schemas()
 
 
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store whose schema is created once per session: creating it takes
+    seconds, and most tests start from a fresh store."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> str:
+def store(tmp_path: Path, migrated_db: Path) -> str:
     """A fresh SQLite tracking store in a temp dir (artifacts and studies live beside it)."""
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    path = tmp_path / "store" / "mlflow.db"
+    path.parent.mkdir(parents=True)
+    shutil.copy(migrated_db, path)
+    uri = f"sqlite:///{path}"
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()

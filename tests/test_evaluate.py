@@ -9,7 +9,13 @@ from sklearn import metrics as skm
 
 from pipeline.metrics import Objective, expected_calibration_error, resolve_objective, task_metrics
 from pipeline.stages import evaluate as evaluate_stage
-from pipeline.stages.evaluate import bootstrap_difference, evaluate, fit_baselines, verdict_line
+from pipeline.stages.evaluate import (
+    Evaluation,
+    bootstrap_difference,
+    evaluate,
+    fit_baselines,
+    verdict_line,
+)
 from pipeline.stages.prepare import prepare
 
 
@@ -267,3 +273,34 @@ def test_bootstrap_interval_contains_the_point_estimate(task):
     # identical predictions: no difference, and an interval of zero width
     same, interval = bootstrap_difference(objective, y, ours, ours, 100, 0.95, seed=7)
     assert same == 0 and interval == [0.0, 0.0]
+
+
+def test_evaluation_save_round_trips_without_copying_figures(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    figure, _ = plt.subplots()
+    evaluation = Evaluation(
+        objective="accuracy",
+        direction="maximize",
+        metrics={"accuracy": 0.9},
+        baselines=[{"model": "dummy"}],
+        best_baseline="dummy",
+        difference=0.1,
+        interval=[0.05, 0.15],
+        verdict="v",
+        notes=["n"],
+        figures={"a.png": figure},
+    )
+    evaluation.save(tmp_path)
+    assert plt.get_fignums() == [figure.number]  # saving made no copies that pyplot keeps open
+    plt.close("all")
+    loaded = Evaluation.load(tmp_path)
+    assert (
+        loaded.figures == {}
+        and loaded.metrics == {"accuracy": 0.9}
+        and loaded.interval == [0.05, 0.15]
+    )

@@ -243,10 +243,13 @@ def test_tracking_disabled_runs_without_a_store(make_cfg, store, tmp_path, monke
     assert result.parent_run_id is None and result.run_ids == {} and result.upstream_used == {}
     assert set(result.outputs) == {"prepare", "tune", "train", "evaluate"}
     assert 0.0 <= result.outputs["evaluate"].metrics["accuracy"] <= 1.0
-    assert not _db_path(store).exists()
+    client = MlflowClient(tracking_uri=store)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert experiments == ["0"] and not client.search_runs(experiments)  # nothing was tracked
 
 
 def test_register_needs_tracking(make_cfg, store):
     with pytest.raises(ConfigError, match="stage 'register' needs the MLflow store"):
         run_pipeline(make_cfg("tracking.enabled=false", "stages=[prepare,register]"))
-    assert not _db_path(store).exists()
+    client = MlflowClient(tracking_uri=store)
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])

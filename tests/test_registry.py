@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,9 +34,11 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def registry_store(tmp_path_factory) -> str:
-    uri = f"sqlite:///{tmp_path_factory.mktemp('registry') / 'store' / 'mlflow.db'}"
-    yield uri
+def registry_store(tmp_path_factory, migrated_db) -> str:
+    path = tmp_path_factory.mktemp("registry") / "store" / "mlflow.db"
+    path.parent.mkdir(parents=True)
+    shutil.copy(migrated_db, path)  # the schema, created once per session
+    yield f"sqlite:///{path}"
     while mlflow.active_run() is not None:
         mlflow.end_run()
 

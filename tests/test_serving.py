@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,9 +50,11 @@ def _table(n: int, seed: int) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(tmp_path_factory, migrated_db):
     """A champion trained by the pipeline on a table (numbers with gaps, text with gaps)."""
     root = tmp_path_factory.mktemp("serving")
+    (root / "store").mkdir()
+    shutil.copy(migrated_db, root / "store" / "mlflow.db")
     store = f"sqlite:///{root / 'store' / 'mlflow.db'}"
     csv = root / "table.csv"
     _table(240, 0).to_csv(csv, index=False)
@@ -190,6 +193,14 @@ def test_served_model_answers_like_the_pipeline_and_refuses_bad_requests(served,
         status, answer = _post(f"{url}/invocations", good)
         assert status == 200, answer
         _assert_same(pd.DataFrame(answer["predictions"]), served["expected"])
+
+        # one row whose number and text are both missing: columns of nothing but nulls
+        gaps = pd.DataFrame({"x1": [0.3], "x2": [None], "color": [None]})
+        status, answer = _post(
+            f"{url}/invocations", json.dumps({"dataframe_split": _split(gaps)}).encode()
+        )
+        assert status == 200, answer
+        _assert_same(pd.DataFrame(answer["predictions"]), served["predictor"].predict_frame(gaps))
 
         missing_column = _split(rows.drop(columns=["x1"]))
         wrong_type = _split(rows)

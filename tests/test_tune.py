@@ -5,7 +5,6 @@ processes sharing the study, failing trials and a changed search space."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,22 +33,11 @@ DIVERGES = 1e12  # an lr that makes the loss NaN in the first epoch: TrainingDiv
 # --- helpers ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow SQLite store with its schema created once: creating the schema takes
-    seconds, and every test here starts from a fresh store."""
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture(autouse=True)
-def fresh_store(store: str, migrated_db: Path) -> Path:
-    """Put a copy of the empty store where the `store` fixture points (and point this process's
-    MLflow client at it, for tests that run the pipeline in a subprocess); returns its folder."""
+def fresh_store(store: str) -> Path:
+    """Point this process's MLflow client at the test's store (for tests that run the pipeline
+    in a subprocess); returns its folder."""
     target = Path(store[len("sqlite:///"):])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(migrated_db, target)
     mlflow.set_tracking_uri(store)
     return target.parent
 

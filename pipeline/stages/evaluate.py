@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,8 @@ class Evaluation:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        values = {k: v for k, v in asdict(self).items() if k != "figures"}
+        # not asdict(): it deep-copies the figures, and each copy re-registers with pyplot (a leak)
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "figures"}
         (directory / "evaluation.json").write_text(json.dumps(values, indent=2, default=float))
 
     @classmethod

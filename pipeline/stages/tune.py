@@ -423,8 +423,9 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool
     """After a race between workers, a trial beyond the total is not run."""
     trials = study.get_trials(deepcopy=False)
     holding = _awaiting_retry(trials)
+    counted = (*DONE, TrialState.RUNNING, TrialState.WAITING)
     earlier = [t for t in trials if t.number < trial.number
-               and (t.state in (*DONE, TrialState.RUNNING, TrialState.WAITING) or t.number in holding)]
+               and (t.state in counted or t.number in holding)]
     return len(earlier) >= n_trials
 
 
