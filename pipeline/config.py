@@ -211,9 +211,7 @@ def validate(cfg: DictConfig) -> None:
     if data.task is not None:
         _choice(data.task, TASKS, "data.task")
     if data.name == "table" and (not data.path or not data.target):
-        raise ConfigError(
-            "data=table needs data.path=<csv or parquet file> and data.target=<column>"
-        )
+        raise ConfigError("data=table needs data.path=<csv or parquet file> and data.target=<column>")
     if data.format is not None:
         _choice(data.format, ("csv", "parquet"), "data.format")
     split = data.split

@@ -92,8 +92,7 @@ def read_table(
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(
-            f"data.path={path!r} does not exist or is not a file; "
-            "give the path of a CSV or Parquet file"
+            f"data.path={path!r} does not exist or is not a file; give the path of a CSV or Parquet file"
         )
     suffix = file.suffix.lower()
     fmt = fmt or {
@@ -243,14 +242,11 @@ def inspect(table: Table, data_cfg: Any) -> tuple[pd.DataFrame, Inspection]:
     frame = table.frame
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise DataError(
-            f"the table {table.source!r} is empty; "
-            f"it needs a header and at least {data_cfg.min_rows} rows"
+            f"the table {table.source!r} is empty; it needs a header and at least {data_cfg.min_rows} rows"
         )
     if table.target not in frame.columns:
         shown = ", ".join(map(str, frame.columns[:30])) + (" ..." if frame.shape[1] > 30 else "")
-        raise DataError(
-            f"target column {table.target!r} is not in the table; its columns are: {shown}"
-        )
+        raise DataError(f"target column {table.target!r} is not in the table; its columns are: {shown}")
     unknown_drop = [c for c in data_cfg.drop if c not in frame.columns]
     if unknown_drop:
         raise DataError(f"data.drop names columns that do not exist: {unknown_drop}")
@@ -269,9 +265,7 @@ def inspect(table: Table, data_cfg: Any) -> tuple[pd.DataFrame, Inspection]:
         )
     target = frame[table.target]
     if pd.api.types.is_numeric_dtype(target) and np.isinf(target.to_numpy(dtype="float64")).any():
-        raise DataError(
-            f"target {table.target!r} holds infinite values; replace them or drop those rows"
-        )
+        raise DataError(f"target {table.target!r} holds infinite values; replace them or drop those rows")
     task = data_cfg.task or infer_task(target)
     if task != "regression" and target.nunique() < 2:
         raise DataError(
@@ -297,15 +291,12 @@ def inspect(table: Table, data_cfg: Any) -> tuple[pd.DataFrame, Inspection]:
             "a regression target splits with random, group or time"
         )
     reserved = {
-        c: f"used for the {kind} split"
-        for c, kind in ((split.group, "group"), (split.time, "time"))
-        if c
+        c: f"used for the {kind} split" for c, kind in ((split.group, "group"), (split.time, "time")) if c
     }
     for column in reserved:
         if column not in frame.columns:
             raise DataError(
-                f"split column {column!r} is not in the table; "
-                f"its columns are: {', '.join(frame.columns)}"
+                f"split column {column!r} is not in the table; its columns are: {', '.join(frame.columns)}"
             )
     dropped: dict[str, str] = {c: "listed in data.drop" for c in data_cfg.drop}
     dropped.update(reserved)
@@ -318,9 +309,7 @@ def inspect(table: Table, data_cfg: Any) -> tuple[pd.DataFrame, Inspection]:
             dropped[column] = "all values missing"
             warnings.append(f"column {column!r} has no values and was dropped")
             continue
-        if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(
-            series
-        ):
+        if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
             dropped[column] = "a date/time (data.split.time can split on it)"
             warnings.append(f"column {column!r} holds dates/times and was dropped")
             continue
@@ -347,14 +336,10 @@ def inspect(table: Table, data_cfg: Any) -> tuple[pd.DataFrame, Inspection]:
                 dropped[column] = "equals the target (leak)"
                 warnings.append(f"column {column!r} equals the target and was dropped (leak)")
                 continue
-            warnings.append(
-                f"column {column!r} alone predicts the target perfectly: check it is not a leak"
-            )
+            warnings.append(f"column {column!r} alone predicts the target perfectly: check it is not a leak")
         column_types[column] = kind
     if not column_types:
-        raise DataError(
-            "no feature columns are left after dropping identifiers, empty and listed columns"
-        )
+        raise DataError("no feature columns are left after dropping identifiers, empty and listed columns")
 
     if task != "regression":
         counts = target.value_counts()
@@ -422,9 +407,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         "| feature | type | missing |",
         "|---|---|---|",
     ]
-    lines += [
-        f"| {c} | {f['type']} | {f['missing_share']:.1%} |" for c, f in card["features"].items()
-    ]
+    lines += [f"| {c} | {f['type']} | {f['missing_share']:.1%} |" for c, f in card["features"].items()]
     if card["dropped_columns"]:
         lines += ["", "| dropped column | why |", "|---|---|"]
         lines += [f"| {c} | {why} |" for c, why in card["dropped_columns"].items()]

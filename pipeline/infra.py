@@ -80,13 +80,38 @@ class PostgresCluster:
         if os.geteuid() == 0:
             shutil.chown(self.directory, "postgres", "postgres")
             os.chmod(self.directory, 0o700)
-        self._run([_pg_tool("initdb"), "-D", str(data), "-A", "trust", "-U", self.user, "--no-sync", "-E", "UTF8"])
+        self._run(
+            [_pg_tool("initdb"), "-D", str(data), "-A", "trust", "-U", self.user, "--no-sync", "-E", "UTF8"]
+        )
         options = f"-k {self.directory} -c listen_addresses=127.0.0.1 -p {self.port} -c fsync=off -c max_connections=200"
-        self._run([_pg_tool("pg_ctl"), "-D", str(data), "-o", options, "-l", str(Path(self.directory) / "postgres.log"),
-                   "-w", "-t", "60", "start"])
+        self._run(
+            [
+                _pg_tool("pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(Path(self.directory) / "postgres.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
         for name in databases:
-            self._run([_pg_tool("createdb") if shutil.which("createdb") else "createdb", "-h", "127.0.0.1",
-                       "-p", str(self.port), "-U", self.user, name])
+            self._run(
+                [
+                    _pg_tool("createdb") if shutil.which("createdb") else "createdb",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    self.user,
+                    name,
+                ]
+            )
         return self
 
     def stop(self) -> None:
@@ -94,8 +119,11 @@ class PostgresCluster:
             return
         data = Path(self.directory) / "data"
         if data.exists():
-            subprocess.run(_as_cluster_user([_pg_tool("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-                           capture_output=True, text=True)
+            subprocess.run(
+                _as_cluster_user([_pg_tool("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
+                capture_output=True,
+                text=True,
+            )
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def database_url(self, name: str) -> str:
@@ -105,7 +133,9 @@ class PostgresCluster:
         result = subprocess.run(_as_cluster_user(command), capture_output=True, text=True, cwd=self.directory)
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()
-            raise PipelineError(f"{Path(command[0]).name} failed: {detail[-1] if detail else result.returncode}")
+            raise PipelineError(
+                f"{Path(command[0]).name} failed: {detail[-1] if detail else result.returncode}"
+            )
 
 
 @dataclass
@@ -129,10 +159,25 @@ class TrackingServer:
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         with open(self.log, "ab") as log:
             process = subprocess.Popen(
-                [mlflow_cli, "server", "--backend-store-uri", self.backend_uri, "--serve-artifacts",
-                 "--artifacts-destination", self.artifacts, "--host", "127.0.0.1", "--port", str(self.port),
-                 "--workers", "2"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                [
+                    mlflow_cli,
+                    "server",
+                    "--backend-store-uri",
+                    self.backend_uri,
+                    "--serve-artifacts",
+                    "--artifacts-destination",
+                    self.artifacts,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "2",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         self.pid = process.pid
         deadline = time.time() + timeout
@@ -146,7 +191,9 @@ class TrackingServer:
             except OSError:
                 time.sleep(0.5)
         self.stop()
-        raise PipelineError(f"mlflow server did not answer on {self.url} within {timeout:.0f}s; see {self.log}")
+        raise PipelineError(
+            f"mlflow server did not answer on {self.url} within {timeout:.0f}s; see {self.log}"
+        )
 
     def stop(self) -> None:
         if self.pid:
@@ -171,21 +218,31 @@ class TrackingServer:
 def start(port: int) -> None:
     if STATE_FILE.exists():
         state = json.loads(STATE_FILE.read_text())
-        print(f"already running: {state['server']['url'] if 'url' in state['server'] else state['tracking_uri']}"
-              " (make server-stop first)")
+        print(
+            f"already running: {state['server']['url'] if 'url' in state['server'] else state['tracking_uri']}"
+            " (make server-stop first)"
+        )
         return
     cluster = PostgresCluster().start()
     try:
-        server = TrackingServer(cluster.database_url("pipeline"), str(Path(cluster.directory) / "artifacts"),
-                                port).start()
+        server = TrackingServer(
+            cluster.database_url("pipeline"), str(Path(cluster.directory) / "artifacts"), port
+        ).start()
     except Exception:
         cluster.stop()
         raise
     STATE_FILE.parent.mkdir(exist_ok=True)
-    STATE_FILE.write_text(json.dumps({"cluster": asdict(cluster), "server": asdict(server),
-                                      "tracking_uri": server.url}, indent=2))
-    print(f"MLflow tracking server: {server.url}  (PostgreSQL on 127.0.0.1:{cluster.port}, data in {cluster.directory})")
-    print(f"  pipeline:  make pipeline ARGS=\"tracking.uri={server.url} tune.storage={cluster.database_url('optuna')}\"")
+    STATE_FILE.write_text(
+        json.dumps(
+            {"cluster": asdict(cluster), "server": asdict(server), "tracking_uri": server.url}, indent=2
+        )
+    )
+    print(
+        f"MLflow tracking server: {server.url}  (PostgreSQL on 127.0.0.1:{cluster.port}, data in {cluster.directory})"
+    )
+    print(
+        f'  pipeline:  make pipeline ARGS="tracking.uri={server.url} tune.storage={cluster.database_url("optuna")}"'
+    )
     print(f"  UI:        {server.url}/#/experiments?workflowType=machine_learning")
     print("  stop:      make server-stop")
 

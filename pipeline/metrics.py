@@ -49,9 +49,7 @@ def _brier(y: np.ndarray, _pred: np.ndarray, proba: np.ndarray | None) -> float:
     return float(np.mean(np.sum((proba - onehot) ** 2, axis=1)))
 
 
-def expected_calibration_error(
-    y: np.ndarray, proba: np.ndarray, bins: int = 10
-) -> float:
+def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> float:
     """Top-label ECE: the confidence-weighted gap between confidence and accuracy per bin."""
     confidence = proba.max(axis=1)
     correct = (proba.argmax(axis=1) == y).astype(float)
@@ -72,26 +70,38 @@ def _rmse(y: np.ndarray, pred: np.ndarray, _proba: np.ndarray | None) -> float:
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in [
-        Metric("accuracy", "maximize", CLASSIFICATION,
-               lambda y, p, _: float(np.mean(y == p))),
-        Metric("balanced_accuracy", "maximize", CLASSIFICATION,
-               lambda y, p, _: float(skm.balanced_accuracy_score(y, p))),
-        Metric("precision_macro", "maximize", CLASSIFICATION,
-               lambda y, p, _: float(skm.precision_score(y, p, average="macro", zero_division=0))),
-        Metric("recall_macro", "maximize", CLASSIFICATION,
-               lambda y, p, _: float(skm.recall_score(y, p, average="macro", zero_division=0))),
-        Metric("f1_macro", "maximize", CLASSIFICATION,
-               lambda y, p, _: float(skm.f1_score(y, p, average="macro", zero_division=0))),
+        Metric("accuracy", "maximize", CLASSIFICATION, lambda y, p, _: float(np.mean(y == p))),
+        Metric(
+            "balanced_accuracy",
+            "maximize",
+            CLASSIFICATION,
+            lambda y, p, _: float(skm.balanced_accuracy_score(y, p)),
+        ),
+        Metric(
+            "precision_macro",
+            "maximize",
+            CLASSIFICATION,
+            lambda y, p, _: float(skm.precision_score(y, p, average="macro", zero_division=0)),
+        ),
+        Metric(
+            "recall_macro",
+            "maximize",
+            CLASSIFICATION,
+            lambda y, p, _: float(skm.recall_score(y, p, average="macro", zero_division=0)),
+        ),
+        Metric(
+            "f1_macro",
+            "maximize",
+            CLASSIFICATION,
+            lambda y, p, _: float(skm.f1_score(y, p, average="macro", zero_division=0)),
+        ),
         Metric("roc_auc", "maximize", CLASSIFICATION, _roc_auc),
         Metric("log_loss", "minimize", CLASSIFICATION, _log_loss),
         Metric("brier", "minimize", CLASSIFICATION, _brier),
-        Metric("ece", "minimize", CLASSIFICATION,
-               lambda y, _p, proba: expected_calibration_error(y, proba)),
+        Metric("ece", "minimize", CLASSIFICATION, lambda y, _p, proba: expected_calibration_error(y, proba)),
         Metric("rmse", "minimize", ("regression",), _rmse),
-        Metric("mae", "minimize", ("regression",),
-               lambda y, p, _: float(skm.mean_absolute_error(y, p))),
-        Metric("r2", "maximize", ("regression",),
-               lambda y, p, _: float(skm.r2_score(y, p))),
+        Metric("mae", "minimize", ("regression",), lambda y, p, _: float(skm.mean_absolute_error(y, p))),
+        Metric("r2", "maximize", ("regression",), lambda y, p, _: float(skm.r2_score(y, p))),
     ]
 }
 
@@ -133,9 +143,7 @@ def resolve_objective(metric: str | None, direction: str | None, task: str) -> O
     return Objective(name, direction or METRICS[name].direction)
 
 
-def task_metrics(
-    task: str, y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None
-) -> dict[str, float]:
+def task_metrics(task: str, y: np.ndarray, pred: np.ndarray, proba: np.ndarray | None) -> dict[str, float]:
     """Every metric that applies to the task, computed on one set of predictions."""
     return {
         name: spec.compute(y, pred, proba)

@@ -39,8 +39,9 @@ def output_size(task: str, n_classes: int) -> int:
     return n_classes if task == "multiclass" else 1
 
 
-def network_spec(model_cfg: Any, task: str, n_features: int, n_classes: int,
-                 image_shape: tuple[int, ...] | None) -> NetworkSpec:
+def network_spec(
+    model_cfg: Any, task: str, n_features: int, n_classes: int, image_shape: tuple[int, ...] | None
+) -> NetworkSpec:
     if model_cfg.name == "cnn" and image_shape is None:
         raise ConfigError(
             "model=cnn needs an image data set (data=digits); this data set is a table: use model=mlp"
@@ -71,8 +72,12 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         width = spec.n_features
         for hidden in spec.hidden:
-            layers += [nn.Linear(width, hidden), _norm(spec.norm, hidden),
-                       ACTIVATIONS[spec.activation](), nn.Dropout(spec.dropout)]
+            layers += [
+                nn.Linear(width, hidden),
+                _norm(spec.norm, hidden),
+                ACTIVATIONS[spec.activation](),
+                nn.Dropout(spec.dropout),
+            ]
             width = hidden
         layers.append(nn.Linear(width, spec.n_outputs))
         self.layers = nn.Sequential(*layers)
@@ -127,8 +132,9 @@ class ImageAugmentation:
     resampling on the batch's device. The background (each image's minimum, i.e. blank pixels
     after global scaling) is what enters from outside the frame."""
 
-    def __init__(self, image_shape: tuple[int, ...], max_shift: int, max_rotation_degrees: float,
-                 noise_std: float):
+    def __init__(
+        self, image_shape: tuple[int, ...], max_shift: int, max_rotation_degrees: float, noise_std: float
+    ):
         self.image_shape = image_shape
         self.max_shift = max_shift
         self.max_rotation = math.radians(max_rotation_degrees)
@@ -145,10 +151,12 @@ class ImageAugmentation:
 
         angle = uniform(-self.max_rotation, self.max_rotation)
         # whole-pixel shifts, expressed in grid_sample's [-1, 1] coordinates
-        shift_x = torch.randint(-self.max_shift, self.max_shift + 1, (n,), generator=generator,
-                                device=device) * (2.0 / width)
-        shift_y = torch.randint(-self.max_shift, self.max_shift + 1, (n,), generator=generator,
-                                device=device) * (2.0 / height)
+        shift_x = torch.randint(
+            -self.max_shift, self.max_shift + 1, (n,), generator=generator, device=device
+        ) * (2.0 / width)
+        shift_y = torch.randint(
+            -self.max_shift, self.max_shift + 1, (n,), generator=generator, device=device
+        ) * (2.0 / height)
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack([torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1)
         grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)

@@ -27,7 +27,8 @@ class PipelineModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         files = context.artifacts
         self.predictor = Predictor.from_files(
-            Path(files["preprocessing"]), Path(files["weights"]), Path(files["network"]))
+            Path(files["preprocessing"]), Path(files["weights"]), Path(files["network"])
+        )
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
@@ -45,8 +46,10 @@ class PipelineModel(mlflow.pyfunc.PythonModel):
 
 
 def signature(predictor: Predictor) -> ModelSignature:
-    inputs = [ColSpec("double" if kind == NUMERIC else "string", column)
-              for column, kind in predictor.preprocessing.column_types.items()]
+    inputs = [
+        ColSpec("double" if kind == NUMERIC else "string", column)
+        for column, kind in predictor.preprocessing.column_types.items()
+    ]
     classes = predictor.preprocessing.classes
     if classes is None:
         outputs = [ColSpec("double", "prediction")]

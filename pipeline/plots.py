@@ -34,9 +34,13 @@ def confusion(y: np.ndarray, pred: np.ndarray, labels: list) -> Figure:
     normalized = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = 4 + 0.35 * len(labels)
     figure, axes = plt.subplots(1, 2, figsize=(2 * size, size))
-    for axis, values, title, fmt in ((axes[0], matrix, "counts", "d"), (axes[1], normalized, "normalized by true class", ".2f")):
+    for axis, values, title, fmt in (
+        (axes[0], matrix, "counts", "d"),
+        (axes[1], normalized, "normalized by true class", ".2f"),
+    ):
         skm.ConfusionMatrixDisplay(values, display_labels=labels).plot(
-            ax=axis, colorbar=False, values_format=fmt, cmap="Blues")
+            ax=axis, colorbar=False, values_format=fmt, cmap="Blues"
+        )
         axis.set_title(f"confusion matrix ({title})")
     figure.tight_layout()
     return figure

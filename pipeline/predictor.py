@@ -20,8 +20,13 @@ PREPROCESSING_FILE, WEIGHTS_FILE, SPEC_FILE = "preprocessing.joblib", "weights.p
 
 
 class Predictor:
-    def __init__(self, preprocessing: Preprocessing, network: nn.Module, spec: NetworkSpec,
-                 target_scaling: tuple[float, float] | None):
+    def __init__(
+        self,
+        preprocessing: Preprocessing,
+        network: nn.Module,
+        spec: NetworkSpec,
+        target_scaling: tuple[float, float] | None,
+    ):
         self.preprocessing = preprocessing
         self.network = network.cpu().eval()
         self.spec = spec
@@ -43,8 +48,9 @@ class Predictor:
         directory.mkdir(parents=True, exist_ok=True)
         joblib.dump(self.preprocessing, directory / PREPROCESSING_FILE)
         torch.save(self.network.state_dict(), directory / WEIGHTS_FILE)
-        (directory / SPEC_FILE).write_text(json.dumps(
-            {"spec": self.spec.to_dict(), "target_scaling": self.target_scaling}, indent=2))
+        (directory / SPEC_FILE).write_text(
+            json.dumps({"spec": self.spec.to_dict(), "target_scaling": self.target_scaling}, indent=2)
+        )
 
     @classmethod
     def load(cls, directory: Path) -> Predictor:

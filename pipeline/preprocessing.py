@@ -39,9 +39,7 @@ def build_preprocessor(
     categorical = [c for c, t in column_types.items() if t == CATEGORICAL]
     parts = []
     if numeric:
-        parts.append(
-            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric)
-        )
+        parts.append(("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric))
     if categorical:
         parts.append(
             (

@@ -26,7 +26,9 @@ def original_config(run_id: str) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(PipelineConfig), logged)
 
 
-def reproduce(run_id: str, tracking_uri: str | None = None) -> tuple[PipelineResult, dict[str, tuple[float, float]], list[str]]:
+def reproduce(
+    run_id: str, tracking_uri: str | None = None
+) -> tuple[PipelineResult, dict[str, tuple[float, float]], list[str]]:
     """Returns the new result, {metric: (original, reproduced)} and warnings."""
     uri = tracking.tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
@@ -36,12 +38,16 @@ def reproduce(run_id: str, tracking_uri: str | None = None) -> tuple[PipelineRes
     except mlflow.exceptions.MlflowException:
         raise PipelineError(f"RUN={run_id} is not a run in {tracking.mask(uri)}") from None
     if parent.data.tags.get("stage") != "pipeline" or parent.info.status != "FINISHED":
-        raise PipelineError(f"RUN={run_id} is not a finished pipeline run; give the parent run of `make pipeline`")
+        raise PipelineError(
+            f"RUN={run_id} is not a finished pipeline run; give the parent run of `make pipeline`"
+        )
     cfg = original_config(run_id)
     warnings = []
     current = tracking.git_state()
     if parent.data.tags.get("git.commit") != current["commit"]:
-        warnings.append(f"the original ran at commit {parent.data.tags.get('git.commit')}, this tree is at {current['commit']}")
+        warnings.append(
+            f"the original ran at commit {parent.data.tags.get('git.commit')}, this tree is at {current['commit']}"
+        )
     if parent.data.tags.get("git.dirty") == "true":
         warnings.append("the original ran on a tree with uncommitted changes (see its git.diff artifact)")
     digest = prepared_digest(read_source(cfg.data).source_digest, cfg)
@@ -61,7 +67,11 @@ def reproduce(run_id: str, tracking_uri: str | None = None) -> tuple[PipelineRes
         cfg.train.threads = int(threads)
     result = run_pipeline(cfg)
     new = result.outputs["evaluate"].metrics
-    compared = {k[len("test_"):]: (v, new[k[len("test_"):]]) for k, v in original_metrics.items() if k[len("test_"):] in new}
+    compared = {
+        k[len("test_") :]: (v, new[k[len("test_") :]])
+        for k, v in original_metrics.items()
+        if k[len("test_") :] in new
+    }
     return result, compared, warnings
 
 

@@ -25,8 +25,13 @@ from pipeline.stages.train import TrainedModel, train
 from pipeline.stages.tune import TuneResult, open_study, study_figures, trials_frame, tune
 
 log = logging.getLogger(__name__)
-OUTPUT_TYPES = {"prepare": PreparedData, "tune": TuneResult, "train": TrainedModel,
-                "evaluate": Evaluation, "register": Decision}
+OUTPUT_TYPES = {
+    "prepare": PreparedData,
+    "tune": TuneResult,
+    "train": TrainedModel,
+    "evaluate": Evaluation,
+    "register": Decision,
+}
 
 
 @dataclass
@@ -63,8 +68,15 @@ def config_digest(cfg: DictConfig) -> str:
 class _Context:
     """State shared by the stage wrappers of one invocation."""
 
-    def __init__(self, cfg: DictConfig, result: PipelineResult, data_digest: str, config_digest: str,
-                 store_dir: Path | None, progress: bool):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        result: PipelineResult,
+        data_digest: str,
+        config_digest: str,
+        store_dir: Path | None,
+        progress: bool,
+    ):
         self.cfg, self.result, self.data_digest = cfg, result, data_digest
         self.config_digest, self.store_dir, self.progress = config_digest, store_dir, progress
         self.tracking = bool(cfg.tracking.enabled)
@@ -99,7 +111,9 @@ class _Context:
                 f"run stage {stage} first (make {stage}) or give from_run=<run id>"
             )
         source = run.data.tags.get("reused.run", run.info.run_id)
-        say(f"{stage}: using run {run.info.run_id} ({run.info.run_name}, {time.strftime('%Y-%m-%d %H:%M', time.localtime(run.info.start_time / 1000))})")
+        say(
+            f"{stage}: using run {run.info.run_id} ({run.info.run_name}, {time.strftime('%Y-%m-%d %H:%M', time.localtime(run.info.start_time / 1000))})"
+        )
         output = tracking.load_outputs(source, OUTPUT_TYPES[stage])
         self.result.outputs[stage] = output
         self.result.run_ids[stage] = run.info.run_id
@@ -107,8 +121,13 @@ class _Context:
         return output
 
     def stage_tags(self, stage: str, upstream: list[str]) -> dict[str, str]:
-        tags = {"stage": stage, "data.digest": self.data_digest, "data.name": self.cfg.data.name,
-                "model.name": self.cfg.model.name, "config.digest": self.config_digest}
+        tags = {
+            "stage": stage,
+            "data.digest": self.data_digest,
+            "data.name": self.cfg.data.name,
+            "model.name": self.cfg.model.name,
+            "config.digest": self.config_digest,
+        }
         tags.update({f"upstream.{s}": self.result.run_ids[s] for s in upstream if s in self.result.run_ids})
         return tags
 
@@ -120,9 +139,14 @@ def _run_prepare(ctx: _Context, table: Any) -> None:
         return
     import mlflow
 
-    cached = None if cfg.prepare.force else tracking.find_stage_run(
-        ctx.result.experiment_id, "prepare", ctx.filters("prepare"))
-    with tracking.run_scope("prepare", ctx.result.experiment_id, ctx.stage_tags("prepare", []), nested=True) as run:
+    cached = (
+        None
+        if cfg.prepare.force
+        else tracking.find_stage_run(ctx.result.experiment_id, "prepare", ctx.filters("prepare"))
+    )
+    with tracking.run_scope(
+        "prepare", ctx.result.experiment_id, ctx.stage_tags("prepare", []), nested=True
+    ) as run:
         run_id = run.info.run_id
         if cached is not None:
             source = cached.data.tags.get("reused.run", cached.info.run_id)
@@ -135,17 +159,32 @@ def _run_prepare(ctx: _Context, table: Any) -> None:
             frame = prepared.frames["train"].copy()
             frame[prepared.target] = prepared.preprocessing.decode(prepared.targets["train"])
             mlflow.log_input(
-                mlflow.data.from_pandas(frame, source=str(table.source) if cfg.data.name == "table" else None,
-                                        targets=prepared.target, name=cfg.data.name,
-                                        digest=prepared.source_digest[:32]),
+                mlflow.data.from_pandas(
+                    frame,
+                    source=str(table.source) if cfg.data.name == "table" else None,
+                    targets=prepared.target,
+                    name=cfg.data.name,
+                    digest=prepared.source_digest[:32],
+                ),
                 context="training",
             )
         card = prepared.card
-        tracking.log_values(run_id, params={"data.task": prepared.task, "data.split_strategy": card["split_strategy"],
-                                            **{f"data.rows.{k}": v for k, v in card["split_sizes"].items()}},
-                            metrics={"data.warnings": card["warning_count"], "data.features": prepared.features["train"].shape[1]},
-                            tags={"data.source_digest": prepared.source_digest,
-                                  **{f"data.split_digest.{k}": v for k, v in prepared.split_digests.items()}})
+        tracking.log_values(
+            run_id,
+            params={
+                "data.task": prepared.task,
+                "data.split_strategy": card["split_strategy"],
+                **{f"data.rows.{k}": v for k, v in card["split_sizes"].items()},
+            },
+            metrics={
+                "data.warnings": card["warning_count"],
+                "data.features": prepared.features["train"].shape[1],
+            },
+            tags={
+                "data.source_digest": prepared.source_digest,
+                **{f"data.split_digest.{k}": v for k, v in prepared.split_digests.items()},
+            },
+        )
     ctx.result.outputs["prepare"] = prepared
     ctx.result.run_ids["prepare"] = source if cached is not None else run_id
     for warning in prepared.card["warnings"]:
@@ -169,8 +208,11 @@ def _claim_tune_run(ctx: _Context, study: Any, settings: Any, tags: dict[str, st
             return recorded, True
         except mlflow.exceptions.MlflowException:
             pass  # the study outlived its run (another store): start a new one
-    mine = client.create_run(ctx.result.experiment_id, run_name="tune",
-                             tags={**tags, "mlflow.parentRunId": ctx.result.parent_run_id}).info.run_id
+    mine = client.create_run(
+        ctx.result.experiment_id,
+        run_name="tune",
+        tags={**tags, "mlflow.parentRunId": ctx.result.parent_run_id},
+    ).info.run_id
     study.set_user_attr(PARENT_RUN_ATTR, mine)
     if "://" in settings.storage:  # a shared database: other machines may be claiming right now
         time.sleep(2.0)
@@ -188,8 +230,9 @@ def _run_tune(ctx: _Context) -> None:
     study, settings = open_study(cfg, prepared.digest, objective, ctx.store_dir)
     say(f"tune: study {settings.study_name!r} in {tracking.mask(settings.storage)}")
     if not ctx.tracking:
-        ctx.result.outputs["tune"] = tune(cfg, prepared.training_data(), objective, study, settings,
-                                          progress=ctx.progress)
+        ctx.result.outputs["tune"] = tune(
+            cfg, prepared.training_data(), objective, study, settings, progress=ctx.progress
+        )
         return
     import mlflow
 
@@ -200,18 +243,32 @@ def _run_tune(ctx: _Context) -> None:
         if existing:
             say(f"tune: continuing the study's run {run_id} toward tune.n_trials={cfg.tune.n_trials}")
             mlflow.set_tag("resumed", "true")
-        result = tune(cfg, prepared.training_data(), objective, study, settings, ctx.result.experiment_id,
-                      run_id, progress=ctx.progress)
+        result = tune(
+            cfg,
+            prepared.training_data(),
+            objective,
+            study,
+            settings,
+            ctx.result.experiment_id,
+            run_id,
+            progress=ctx.progress,
+        )
         tracking.save_outputs(run_id, result)
         # tags, not params: a resumed study or another worker updates them (params never change)
         tracking.log_values(
             run_id,
-            metrics={f"best_val_{objective.metric}": result.best_value,
-                     **{f"trials.{k.lower()}": v for k, v in result.counts.items()}},
-            tags={f"best.{k}": v for k, v in result.best_values.items()} | {
-                "best.trial": result.best_trial, "best.run_id": result.best_run_id or "",
-                "tune.n_trials": cfg.tune.n_trials, "tune.sampler": cfg.tune.sampler,
-                "tune.pruner": cfg.tune.pruner},
+            metrics={
+                f"best_val_{objective.metric}": result.best_value,
+                **{f"trials.{k.lower()}": v for k, v in result.counts.items()},
+            },
+            tags={f"best.{k}": v for k, v in result.best_values.items()}
+            | {
+                "best.trial": result.best_trial,
+                "best.run_id": result.best_run_id or "",
+                "tune.n_trials": cfg.tune.n_trials,
+                "tune.sampler": cfg.tune.sampler,
+                "tune.pruner": cfg.tune.pruner,
+            },
         )
         files = {"trials.csv": trials_frame(study).to_csv(index=False)}
         files.update({f"plots/{k}": v for k, v in study_figures(study).items()})
@@ -233,9 +290,12 @@ def _run_train(ctx: _Context) -> None:
     from pipeline import plots
     from pipeline.packaging import log_model
 
-    with tracking.run_scope("train", ctx.result.experiment_id,
-                            ctx.stage_tags("train", ["prepare", "tune"] if tuned else ["prepare"]),
-                            nested=True) as run:
+    with tracking.run_scope(
+        "train",
+        ctx.result.experiment_id,
+        ctx.stage_tags("train", ["prepare", "tune"] if tuned else ["prepare"]),
+        nested=True,
+    ) as run:
         run_id = run.info.run_id
         buffer = tracking.MetricBuffer(run_id)
         trained = train(cfg, prepared, objective, tuned, on_epoch=buffer.add, progress=ctx.progress)
@@ -243,20 +303,36 @@ def _run_train(ctx: _Context) -> None:
         network = trained.network()
         resolved = OmegaConf.to_container(cfg.train, resolve=True)
         assert isinstance(resolved, dict)
-        params = tracking.flatten({"train": resolved, "model": OmegaConf.to_container(cfg.model, resolve=True)})
+        params = tracking.flatten(
+            {"train": resolved, "model": OmegaConf.to_container(cfg.model, resolve=True)}
+        )
         params.update({k: v for k, v in trained.applied_values.items()})  # tuned values win
         tracking.log_values(
-            run_id, params=params,
-            metrics={"parameter_count": sum(p.numel() for p in network.parameters()),
-                     f"best_val_{objective.metric}": trained.best_val_score,
-                     "best_epoch": trained.best_epoch, "epochs_run": len(trained.history),
-                     "train_seconds": trained.seconds},
-            tags={"params.source": f"tune:{ctx.result.run_ids.get('tune')}" if trained.params_source == "tune" else "config",
-                  "device": trained.device},
+            run_id,
+            params=params,
+            metrics={
+                "parameter_count": sum(p.numel() for p in network.parameters()),
+                f"best_val_{objective.metric}": trained.best_val_score,
+                "best_epoch": trained.best_epoch,
+                "epochs_run": len(trained.history),
+                "train_seconds": trained.seconds,
+            },
+            tags={
+                "params.source": f"tune:{ctx.result.run_ids.get('tune')}"
+                if trained.params_source == "tune"
+                else "config",
+                "device": trained.device,
+            },
         )
         tracking.save_outputs(run_id, trained)
-        tracking.log_figures(run_id, {"learning_curve.png": plots.learning_curve(
-            trained.history, f"val_{objective.metric}", trained.best_epoch)})
+        tracking.log_figures(
+            run_id,
+            {
+                "learning_curve.png": plots.learning_curve(
+                    trained.history, f"val_{objective.metric}", trained.best_epoch
+                )
+            },
+        )
         model_uri = log_model(trained.predictor(prepared), prepared.frames["test"].head(3))
         mlflow.set_tag("model.uri", model_uri)
     ctx.result.outputs["train"] = trained
@@ -270,26 +346,49 @@ def _run_evaluate(ctx: _Context) -> None:
     trained: TrainedModel = ctx.upstream("train")
     predictor = trained.predictor(prepared)
     if not ctx.tracking:
-        ctx.result.outputs["evaluate"] = evaluate(cfg, prepared, predictor, ctx.result.objective, with_figures=False)
+        ctx.result.outputs["evaluate"] = evaluate(
+            cfg, prepared, predictor, ctx.result.objective, with_figures=False
+        )
         return
-    with tracking.run_scope("evaluate", ctx.result.experiment_id, ctx.stage_tags("evaluate", ["prepare", "train"]),
-                            nested=True) as run:
+    with tracking.run_scope(
+        "evaluate", ctx.result.experiment_id, ctx.stage_tags("evaluate", ["prepare", "train"]), nested=True
+    ) as run:
         run_id = run.info.run_id
         evaluation = evaluate(cfg, prepared, predictor, ctx.result.objective)
         tracking.save_outputs(run_id, evaluation)
         baseline_metrics = {}
         for row in evaluation.baselines[1:]:
-            baseline_metrics.update({f"baseline.{row['model']}.{k}": v for k, v in row.items()
-                                     if k.startswith(("val_", "test_")) and v is not None})
+            baseline_metrics.update(
+                {
+                    f"baseline.{row['model']}.{k}": v
+                    for k, v in row.items()
+                    if k.startswith(("val_", "test_")) and v is not None
+                }
+            )
         tracking.log_values(
             run_id,
-            metrics={**{f"test_{k}": v for k, v in evaluation.metrics.items()}, **baseline_metrics,
-                     **({"network_minus_best_baseline": evaluation.difference} if evaluation.difference is not None else {})},
-            tags={"verdict": evaluation.verdict, "best_baseline": evaluation.best_baseline or "",
-                  "mlflow.note.content": comparison_markdown(evaluation)},
+            metrics={
+                **{f"test_{k}": v for k, v in evaluation.metrics.items()},
+                **baseline_metrics,
+                **(
+                    {"network_minus_best_baseline": evaluation.difference}
+                    if evaluation.difference is not None
+                    else {}
+                ),
+            },
+            tags={
+                "verdict": evaluation.verdict,
+                "best_baseline": evaluation.best_baseline or "",
+                "mlflow.note.content": comparison_markdown(evaluation),
+            },
         )
-        tracking.log_files(run_id, {"comparison.csv": evaluation.table().to_csv(index=False),
-                                    "comparison.md": comparison_markdown(evaluation)})
+        tracking.log_files(
+            run_id,
+            {
+                "comparison.csv": evaluation.table().to_csv(index=False),
+                "comparison.md": comparison_markdown(evaluation),
+            },
+        )
         tracking.log_figures(run_id, evaluation.figures)
     ctx.result.outputs["evaluate"] = evaluation
     ctx.result.run_ids["evaluate"] = run_id
@@ -303,22 +402,40 @@ def _run_register(ctx: _Context, git: dict[str, str]) -> None:
     ctx.upstream("train")
     evaluation: Evaluation = ctx.upstream("evaluate")
     model_uri = ctx.result.outputs.get("model_uri") or MlflowClient().get_run(
-        ctx.result.run_ids["train"]).data.tags.get("model.uri")
+        ctx.result.run_ids["train"]
+    ).data.tags.get("model.uri")
     if not model_uri:
-        raise UpstreamMissing(f"train run {ctx.result.run_ids['train']} logged no model; run stage train again")
+        raise UpstreamMissing(
+            f"train run {ctx.result.run_ids['train']} logged no model; run stage train again"
+        )
     objective = ctx.result.objective
-    with tracking.run_scope("register", ctx.result.experiment_id,
-                            ctx.stage_tags("register", ["prepare", "train", "evaluate"]), nested=True) as run:
-        tags = {"git.commit": git["commit"], "git.dirty": git["dirty"], "data.digest": prepared.digest,
-                "config.digest": ctx.config_digest, "train.run_id": ctx.result.run_ids["train"],
-                **{f"test_{k}": f"{v:.6g}" for k, v in evaluation.metrics.items()}}
-        decision = register(cfg, prepared, model_uri, evaluation.metrics[objective.metric], objective, tags,
-                            ctx.store_dir)
+    with tracking.run_scope(
+        "register",
+        ctx.result.experiment_id,
+        ctx.stage_tags("register", ["prepare", "train", "evaluate"]),
+        nested=True,
+    ) as run:
+        tags = {
+            "git.commit": git["commit"],
+            "git.dirty": git["dirty"],
+            "data.digest": prepared.digest,
+            "config.digest": ctx.config_digest,
+            "train.run_id": ctx.result.run_ids["train"],
+            **{f"test_{k}": f"{v:.6g}" for k, v in evaluation.metrics.items()},
+        }
+        decision = register(
+            cfg, prepared, model_uri, evaluation.metrics[objective.metric], objective, tags, ctx.store_dir
+        )
         tracking.save_outputs(run.info.run_id, decision)
-        tracking.log_values(run.info.run_id, tags={"registry.model": decision.model_name,
-                                                   "registry.version": decision.version,
-                                                   "registry.alias": decision.alias,
-                                                   "registry.reason": decision.reason})
+        tracking.log_values(
+            run.info.run_id,
+            tags={
+                "registry.model": decision.model_name,
+                "registry.version": decision.version,
+                "registry.alias": decision.alias,
+                "registry.reason": decision.reason,
+            },
+        )
     ctx.result.outputs["register"] = decision
     ctx.result.run_ids["register"] = run.info.run_id
 
@@ -365,23 +482,41 @@ def run_pipeline(cfg: DictConfig, progress: bool = False) -> PipelineResult:
     tracking.reset_fluent_state()
     git = tracking.git_state()
     name = "pipeline" if stages == list(STAGES) else "+".join(stages)
-    parent_tags = {"stage": "pipeline", "stages": ",".join(stages), "data.digest": data_digest,
-                   "data.name": cfg.data.name, "model.name": cfg.model.name, "config.digest": ctx.config_digest,
-                   "git.commit": git["commit"], "git.dirty": git["dirty"], "seed": str(cfg.seed),
-                   "threads": str(threads), "objective": f"{objective.metric}/{objective.direction}",
-                   **tracking.process_tags()}
-    with tracking.run_scope(f"{name} {cfg.data.name}/{cfg.model.name}", result.experiment_id, parent_tags) as parent:
+    parent_tags = {
+        "stage": "pipeline",
+        "stages": ",".join(stages),
+        "data.digest": data_digest,
+        "data.name": cfg.data.name,
+        "model.name": cfg.model.name,
+        "config.digest": ctx.config_digest,
+        "git.commit": git["commit"],
+        "git.dirty": git["dirty"],
+        "seed": str(cfg.seed),
+        "threads": str(threads),
+        "objective": f"{objective.metric}/{objective.direction}",
+        **tracking.process_tags(),
+    }
+    with tracking.run_scope(
+        f"{name} {cfg.data.name}/{cfg.model.name}", result.experiment_id, parent_tags
+    ) as parent:
         result.parent_run_id = parent.info.run_id
         plain = OmegaConf.to_container(cfg, resolve=True)
         files = {"config.yaml": OmegaConf.to_yaml(OmegaConf.create(tracking.mask_values(plain)))}
         if git["diff"]:
             files["git.diff"] = git["diff"]
         tracking.log_files(parent.info.run_id, files)
-        tracking.log_values(parent.info.run_id,
-                            params={f"version.{k}": v for k, v in tracking.package_versions().items()}
-                            | {"seed": cfg.seed, "threads": threads, "data.name": cfg.data.name,
-                               "model.name": cfg.model.name, "objective": objective.metric},
-                            tags={"data.task": inspection.task})
+        tracking.log_values(
+            parent.info.run_id,
+            params={f"version.{k}": v for k, v in tracking.package_versions().items()}
+            | {
+                "seed": cfg.seed,
+                "threads": threads,
+                "data.name": cfg.data.name,
+                "model.name": cfg.model.name,
+                "objective": objective.metric,
+            },
+            tags={"data.task": inspection.task},
+        )
         for stage in stages:
             if stage == "prepare":
                 _run_prepare(ctx, table)
@@ -404,34 +539,61 @@ def _log_parent_summary(ctx: _Context) -> None:
     tags = {f"upstream.{s}": r for s, r in ctx.result.run_ids.items()}
     if "register" in outputs:
         decision = outputs["register"]
-        tags.update({"registry.model": decision.model_name, "registry.version": decision.version,
-                     "registry.alias": decision.alias})
+        tags.update(
+            {
+                "registry.model": decision.model_name,
+                "registry.version": decision.version,
+                "registry.alias": decision.alias,
+            }
+        )
     tracking.log_values(ctx.result.parent_run_id, metrics=metrics, tags=tags)
 
 
 def summary_lines(result: PipelineResult) -> list[str]:
     """The short table printed at the end of a run."""
     objective, outputs = result.objective, result.outputs
-    rows: list[tuple[str, str]] = [("stages", ", ".join(result.stages)),
-                                   ("objective", f"{objective.metric} ({objective.direction})")]
+    rows: list[tuple[str, str]] = [
+        ("stages", ", ".join(result.stages)),
+        ("objective", f"{objective.metric} ({objective.direction})"),
+    ]
     if "prepare" in outputs:
         prepared = outputs["prepare"]
-        rows.append(("data", f"{prepared.name}: {prepared.task}" + (" (inferred)" if prepared.card.get("task_inferred") and prepared.name == "table" else "")
-                     + f", {prepared.card['rows_used']} rows, {prepared.features['train'].shape[1]} features"))
+        rows.append(
+            (
+                "data",
+                f"{prepared.name}: {prepared.task}"
+                + (" (inferred)" if prepared.card.get("task_inferred") and prepared.name == "table" else "")
+                + f", {prepared.card['rows_used']} rows, {prepared.features['train'].shape[1]} features",
+            )
+        )
     if "tune" in outputs:
         tuned = outputs["tune"]
-        rows.append(("tuning", f"{sum(tuned.counts.values())} trials {tuned.counts}, best val {objective.metric} {tuned.best_value:.4f}"))
+        rows.append(
+            (
+                "tuning",
+                f"{sum(tuned.counts.values())} trials {tuned.counts}, best val {objective.metric} {tuned.best_value:.4f}",
+            )
+        )
         rows += [(f"  {k}", _short(v)) for k, v in tuned.best_values.items()]
     if "train" in outputs:
         trained = outputs["train"]
-        rows.append(("train", f"params from {trained.params_source}, best epoch {trained.best_epoch + 1}/{len(trained.history)}, "
-                              f"val {objective.metric} {trained.best_val_score:.4f}, {trained.seconds:.1f}s"))
+        rows.append(
+            (
+                "train",
+                f"params from {trained.params_source}, best epoch {trained.best_epoch + 1}/{len(trained.history)}, "
+                f"val {objective.metric} {trained.best_val_score:.4f}, {trained.seconds:.1f}s",
+            )
+        )
     if "evaluate" in outputs:
         evaluation = outputs["evaluate"]
         keys = ["accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss", "rmse", "mae", "r2"]
-        rows.append(("test", ", ".join(f"{k} {evaluation.metrics[k]:.4f}" for k in keys if k in evaluation.metrics)))
+        rows.append(
+            ("test", ", ".join(f"{k} {evaluation.metrics[k]:.4f}" for k in keys if k in evaluation.metrics))
+        )
         for row in evaluation.baselines[1:]:
-            rows.append((f"  {row['model']}", f"test {objective.metric} {row[f'test_{objective.metric}']:.4f}"))
+            rows.append(
+                (f"  {row['model']}", f"test {objective.metric} {row[f'test_{objective.metric}']:.4f}")
+            )
         rows.append(("verdict", evaluation.verdict))
     if "register" in outputs:
         rows.append(("registry", outputs["register"].line()))

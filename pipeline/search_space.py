@@ -57,9 +57,16 @@ def _bounds(path: str, spec: dict[str, Any], integer: bool) -> tuple[float, floa
         raise ConfigError(f"tune.space entry {path!r} needs both low and high")
     low, high = spec["low"], spec["high"]
     kind = int if integer else (int, float)
-    if isinstance(low, bool) or isinstance(high, bool) or not isinstance(low, kind) or not isinstance(high, kind):
+    if (
+        isinstance(low, bool)
+        or isinstance(high, bool)
+        or not isinstance(low, kind)
+        or not isinstance(high, kind)
+    ):
         wanted = "integers" if integer else "numbers"
-        raise ConfigError(f"tune.space entry {path!r}: low and high must be {wanted}, got {low!r} and {high!r}")
+        raise ConfigError(
+            f"tune.space entry {path!r}: low and high must be {wanted}, got {low!r} and {high!r}"
+        )
     if low > high:
         raise ConfigError(f"tune.space entry {path!r}: low={low} is greater than high={high}")
     if spec.get("log") and low <= 0:
@@ -109,8 +116,15 @@ def parse_space(space: dict[str, Any] | None, cfg: DictConfig | None = None) -> 
             if min_layers < 1:
                 raise ConfigError(f"tune.space entry {path!r}: n_layers.low must be >= 1")
             dimensions.append(
-                Dimension(path, kind, low, high, bool(width.get("log", False)),
-                          min_layers=int(min_layers), max_layers=int(max_layers))
+                Dimension(
+                    path,
+                    kind,
+                    low,
+                    high,
+                    bool(width.get("log", False)),
+                    min_layers=int(min_layers),
+                    max_layers=int(max_layers),
+                )
             )
     return dimensions
 

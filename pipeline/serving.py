@@ -85,17 +85,13 @@ def resolve_target(cfg: DictConfig, model_uri: str | None = None) -> Target:
     where = f"registered model {name!r} in {mask(store)}"
     store_dir = local_store_dir(store)
     if store_dir is not None and not Path(store[len("sqlite:///") :]).is_file():
-        raise ServingError(
-            f"no model has alias {alias}: {hint} (no tracking store at {mask(store)})"
-        )
+        raise ServingError(f"no model has alias {alias}: {hint} (no tracking store at {mask(store)})")
     try:
         version = MlflowClient().get_model_version_by_alias(name, alias)
     except mlflow.exceptions.MlflowException:
         raise ServingError(f"no model has alias {alias}: {hint} ({where})") from None
     except Exception as exc:  # noqa: BLE001 - an unreachable server or a broken store
-        raise ServingError(
-            f"cannot read the model registry at {mask(store)}: {type(exc).__name__}"
-        ) from None
+        raise ServingError(f"cannot read the model registry at {mask(store)}: {type(exc).__name__}") from None
     return Target(uri, store, f"{name} v{version.version} (alias {alias})")
 
 
@@ -152,9 +148,7 @@ def _read_input(path: Path, schema: Any) -> Any:
     import pandas as pd
 
     if not path.is_file():
-        raise ServingError(
-            f"input file {str(path)!r} does not exist; give --input <csv or parquet file>"
-        )
+        raise ServingError(f"input file {str(path)!r} does not exist; give --input <csv or parquet file>")
     suffix = path.suffix.lower()
     names = schema.input_names() if schema is not None else []
     types = [getattr(t, "name", str(t)) for t in schema.input_types()] if schema is not None else []
@@ -167,9 +161,7 @@ def _read_input(path: Path, schema: Any) -> Any:
             sep = "\t" if suffix == ".tsv" else ","
             frame = pd.read_csv(path, sep=sep, dtype=text_columns or None, low_memory=False)
     except pd.errors.EmptyDataError:
-        raise ServingError(
-            f"input file {str(path)!r} is empty; it needs a header and rows"
-        ) from None
+        raise ServingError(f"input file {str(path)!r} is empty; it needs a header and rows") from None
     except Exception as exc:  # noqa: BLE001 - any reader failure means the same to the user
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ServingError(f"input file {str(path)!r} could not be read: {first}") from None
@@ -178,9 +170,7 @@ def _read_input(path: Path, schema: Any) -> Any:
         raise ServingError(f"input file {str(path)!r} has no rows")
     missing = [c for c in names if c not in frame.columns]
     if missing:
-        shown = ", ".join(missing[:10]) + (
-            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        )
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise ServingError(f"input file {str(path)!r} lacks the model's input column(s): {shown}")
     for name, kind in kinds.items():
         if kind in ("double", "float", "long", "integer"):
@@ -189,8 +179,7 @@ def _read_input(path: Path, schema: Any) -> Any:
             if bad.any():
                 row = int(bad.to_numpy().nonzero()[0][0])
                 raise ServingError(
-                    f"column {name!r} must be numeric; data row {row + 1} holds "
-                    f"{frame[name].iloc[row]!r}"
+                    f"column {name!r} must be numeric; data row {row + 1} holds {frame[name].iloc[row]!r}"
                 )
             frame[name] = values.astype("float64") if kind in ("double", "float") else values
         elif kind == "string":
@@ -199,9 +188,7 @@ def _read_input(path: Path, schema: Any) -> Any:
     return frame
 
 
-def predict(
-    cfg: DictConfig, input_path: Path, output_path: Path, model_uri: str | None
-) -> dict[str, Any]:
+def predict(cfg: DictConfig, input_path: Path, output_path: Path, model_uri: str | None) -> dict[str, Any]:
     """Score a CSV/Parquet file in batches of serve.batch_size; write prediction (and proba_*)
     columns, led by the input's id columns when it has any. Returns what it did."""
     import mlflow
@@ -245,9 +232,7 @@ def predict(
         and c not in predictions.columns
         and (schema is None or c not in schema.input_names())
     ]
-    out = (
-        pd.concat([frame[ids].reset_index(drop=True), predictions], axis=1) if ids else predictions
-    )
+    out = pd.concat([frame[ids].reset_index(drop=True), predictions], axis=1) if ids else predictions
     output_path.parent.mkdir(parents=True, exist_ok=True)
     if output_path.suffix.lower() in (".parquet", ".pq"):
         out.to_parquet(output_path, index=False)
@@ -274,9 +259,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = main.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser(
-        "serve", help="serve the model over REST (mlflow models serve)"
-    )
+    serve_parser = commands.add_parser("serve", help="serve the model over REST (mlflow models serve)")
     serve_parser.add_argument("--port", type=int, default=None, help="default: serve.port (5001)")
     serve_parser.add_argument("--host", default=None, help="default: serve.host (127.0.0.1)")
     predict_parser = commands.add_parser("predict", help="score a CSV or Parquet file")
@@ -288,9 +271,7 @@ def parser() -> argparse.ArgumentParser:
             default=None,
             help="default: serve.model_uri, else models:/<registry model name>@champion",
         )
-        sub.add_argument(
-            "overrides", nargs="*", help="Hydra overrides, e.g. data=wine registry.model_name=x"
-        )
+        sub.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=wine registry.model_name=x")
     return main
 
 
@@ -302,9 +283,7 @@ def main(argv: list[str] | None = None) -> None:
             serve(cfg, args.host, args.port, args.model_uri)
         else:
             if not args.input:
-                raise ServingError(
-                    "give --input <csv or parquet file> (make predict INPUT=rows.csv)"
-                )
+                raise ServingError("give --input <csv or parquet file> (make predict INPUT=rows.csv)")
             from pipeline.runner import quiet_libraries
 
             quiet_libraries()

@@ -42,9 +42,7 @@ def split_rows(
     rows = np.arange(len(frame))
     if strategy in ("random", "stratified"):
         stratify = target.to_numpy() if strategy == "stratified" else None
-        rest, test = train_test_split(
-            rows, test_size=test_size, random_state=seed, stratify=stratify
-        )
+        rest, test = train_test_split(rows, test_size=test_size, random_state=seed, stratify=stratify)
         inner = stratify[rest] if stratify is not None else None
         train, val = train_test_split(
             rest, test_size=val_size / (1 - test_size), random_state=seed, stratify=inner
@@ -53,21 +51,16 @@ def split_rows(
         groups = frame[group].astype(str).to_numpy()
         if len(np.unique(groups)) < 3:
             raise DataError(
-                f"data.split.group={group!r} has fewer than 3 groups; "
-                "a group split needs at least 3"
+                f"data.split.group={group!r} has fewer than 3 groups; a group split needs at least 3"
             )
         outer = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
         rest, test = next(outer.split(rows, groups=groups))
-        inner = GroupShuffleSplit(
-            n_splits=1, test_size=val_size / (1 - test_size), random_state=seed
-        )
+        inner = GroupShuffleSplit(n_splits=1, test_size=val_size / (1 - test_size), random_state=seed)
         train_pos, val_pos = next(inner.split(rest, groups=groups[rest]))
         train, val = rest[train_pos], rest[val_pos]
     else:
         when = frame[time]
-        order_key = (
-            when if pd.api.types.is_numeric_dtype(when) else pd.to_datetime(when, errors="coerce")
-        )
+        order_key = when if pd.api.types.is_numeric_dtype(when) else pd.to_datetime(when, errors="coerce")
         if order_key.isna().any():
             raise DataError(
                 f"data.split.time={time!r} has missing or unparseable values; "

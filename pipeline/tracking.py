@@ -27,7 +27,9 @@ from pipeline.errors import PipelineError, UpstreamMissing
 
 log = logging.getLogger(__name__)
 KEY_PACKAGES = ("torch", "mlflow", "optuna", "hydra-core", "scikit-learn", "numpy", "pandas")
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@")
+_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@"
+)
 
 
 class Terminated(KeyboardInterrupt):
@@ -51,14 +53,14 @@ def tracking_uri(uri: str | None) -> str:
     """The configured URI, else $MLFLOW_TRACKING_URI, else `mlflow.db` in the working directory."""
     chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
     if chosen.startswith("sqlite:///") and not chosen.startswith("sqlite:////"):
-        chosen = f"sqlite:///{Path(chosen[len('sqlite:///'):]).resolve()}"
+        chosen = f"sqlite:///{Path(chosen[len('sqlite:///') :]).resolve()}"
     return chosen
 
 
 def local_store_dir(uri: str) -> Path | None:
     """The folder of a local SQLite store (its artifacts and the default study live beside it)."""
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).parent
+        return Path(uri[len("sqlite:///") :]).parent
     return None
 
 
@@ -104,11 +106,21 @@ def reset_fluent_state() -> None:
 
 
 @contextmanager
-def run_scope(name: str, experiment_id: str, tags: dict[str, str] | None = None,
-              nested: bool = False, run_id: str | None = None) -> Iterator[Run]:
+def run_scope(
+    name: str,
+    experiment_id: str,
+    tags: dict[str, str] | None = None,
+    nested: bool = False,
+    run_id: str | None = None,
+) -> Iterator[Run]:
     """An MLflow run that ends FINISHED, FAILED (an error) or KILLED (Ctrl-C, SIGTERM)."""
-    active = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=None if run_id else name,
-                              nested=nested, tags=tags)
+    active = mlflow.start_run(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        run_name=None if run_id else name,
+        nested=nested,
+        tags=tags,
+    )
     try:
         yield active
     except KeyboardInterrupt:
@@ -145,8 +157,7 @@ def reap_orphaned_runs(experiment_id: str) -> list[str]:
     client, host = MlflowClient(), socket.gethostname()
     running = "attributes.status = 'RUNNING'"
     try:
-        runs = client.search_runs([experiment_id], f"{running} and tags.host = '{host}'",
-                                  max_results=500)
+        runs = client.search_runs([experiment_id], f"{running} and tags.host = '{host}'", max_results=500)
     except mlflow.exceptions.MlflowException as exc:
         log.warning("could not look for orphaned runs: %s", exc)
         return []
@@ -156,14 +167,13 @@ def reap_orphaned_runs(experiment_id: str) -> list[str]:
         if not pid.isdigit() or process_alive(int(pid)) or run.info.run_id in reaped:
             continue
         children = client.search_runs(
-            [experiment_id], f"{running} and tags.mlflow.parentRunId = '{run.info.run_id}'",
-            max_results=500)
+            [experiment_id], f"{running} and tags.mlflow.parentRunId = '{run.info.run_id}'", max_results=500
+        )
         for orphan in [run, *children]:
             owner = orphan.data.tags.get("pid", pid)
             if orphan.info.run_id in reaped or (owner.isdigit() and process_alive(int(owner))):
                 continue  # a child with a live process of its own goes on
-            client.set_tag(orphan.info.run_id, "killed.reason",
-                           f"process {pid} on {host} died while it ran")
+            client.set_tag(orphan.info.run_id, "killed.reason", f"process {pid} on {host} died while it ran")
             client.set_terminated(orphan.info.run_id, "KILLED")
             reaped.append(orphan.info.run_id)
     return reaped
@@ -173,8 +183,9 @@ class MetricBuffer:
     """Collects per-epoch metrics and writes them with `log_batch`, at most every few seconds,
     so tracking costs a few requests per run instead of one per metric."""
 
-    def __init__(self, run_id: str, client: MlflowClient | None = None, flush_seconds: float = 5.0,
-                 prefix: str = ""):
+    def __init__(
+        self, run_id: str, client: MlflowClient | None = None, flush_seconds: float = 5.0, prefix: str = ""
+    ):
         self.run_id = run_id
         self.client = client or MlflowClient()
         self.flush_seconds = flush_seconds
@@ -195,8 +206,13 @@ class MetricBuffer:
         self.last_flush = time.monotonic()
 
 
-def log_values(run_id: str, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
-               tags: dict[str, Any] | None = None, client: MlflowClient | None = None) -> None:
+def log_values(
+    run_id: str,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, Any] | None = None,
+    client: MlflowClient | None = None,
+) -> None:
     """Params, metrics and tags of one run in as few requests as MLflow allows."""
     client = client or MlflowClient()
     now = int(time.time() * 1000)
@@ -205,8 +221,12 @@ def log_values(run_id: str, params: dict[str, Any] | None = None, metrics: dict[
     tag_list = [RunTag(k, mask(str(v))[:5000]) for k, v in (tags or {}).items()]
     batches = max(-(-len(param_list) // 100), -(-len(tag_list) // 100), -(-len(metric_list) // 1000), 1)
     for i in range(batches):
-        client.log_batch(run_id, metrics=metric_list[i * 1000 : (i + 1) * 1000],
-                         params=param_list[i * 100 : (i + 1) * 100], tags=tag_list[i * 100 : (i + 1) * 100])
+        client.log_batch(
+            run_id,
+            metrics=metric_list[i * 1000 : (i + 1) * 1000],
+            params=param_list[i * 100 : (i + 1) * 100],
+            tags=tag_list[i * 100 : (i + 1) * 100],
+        )
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -245,7 +265,8 @@ def resolve_from_run(run_id: str, stage: str) -> Run:
     children = client.search_runs(
         [run.info.experiment_id],
         f"tags.mlflow.parentRunId = '{run_id}' and tags.stage = '{stage}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1,
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     if children:
         used = children[0].data.tags.get("reused.run")
@@ -293,8 +314,9 @@ def git_state(root: Path | None = None) -> dict[str, str]:
     cwd = str(root or Path.cwd())
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
-                              timeout=20).stdout
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=20
+        ).stdout
 
     try:
         commit = git("rev-parse", "HEAD").strip()
@@ -331,8 +353,10 @@ def end_runs_of_dead_process(pid: int, host: str, experiment_ids: list[str] | No
     if experiment_ids is None:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(
-        experiment_ids, f"attributes.status = 'RUNNING' and tags.pid = '{pid}' and tags.host = '{host}'",
-        max_results=100)
+        experiment_ids,
+        f"attributes.status = 'RUNNING' and tags.pid = '{pid}' and tags.host = '{host}'",
+        max_results=100,
+    )
     for run in runs:
         client.set_tag(run.info.run_id, "killed.reason", f"process {pid} on {host} died while it ran")
         client.set_terminated(run.info.run_id, "KILLED")

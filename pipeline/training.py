@@ -68,7 +68,9 @@ def select_device(requested: str) -> torch.device:
     if (requested == "cuda" and not cuda) or (requested == "mps" and not mps):
         from pipeline.errors import ConfigError
 
-        raise ConfigError(f"train.device={requested} is not available on this machine; use train.device=auto or cpu")
+        raise ConfigError(
+            f"train.device={requested} is not available on this machine; use train.device=auto or cpu"
+        )
     return torch.device(requested)
 
 
@@ -90,14 +92,16 @@ def _lr_factor(epoch: int, epochs: int, warmup: int, schedule: str) -> float:
 
 def _make_optimizer(params: Any, train_cfg: Any) -> torch.optim.Optimizer:
     if train_cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=train_cfg.lr, momentum=train_cfg.momentum,
-                               weight_decay=train_cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=train_cfg.lr, momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay
+        )
     optimizer = torch.optim.AdamW if train_cfg.optimizer == "adamw" else torch.optim.Adam
     return optimizer(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
 
-def _loss_fn(task: str, train_cfg: Any, y_train: np.ndarray, n_classes: int,
-             device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _loss_fn(
+    task: str, train_cfg: Any, y_train: np.ndarray, n_classes: int, device: torch.device
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if task == "regression":
         if train_cfg.loss == "huber":
             return lambda out, y: F.huber_loss(out.squeeze(1), y)
@@ -110,8 +114,9 @@ def _loss_fn(task: str, train_cfg: Any, y_train: np.ndarray, n_classes: int,
         return lambda out, y: F.binary_cross_entropy_with_logits(out.squeeze(1), y, pos_weight=pos_weight)
     weight = None
     if train_cfg.class_weights:
-        weight = torch.tensor(counts.sum() / (n_classes * np.maximum(counts, 1)), device=device,
-                              dtype=torch.float32)
+        weight = torch.tensor(
+            counts.sum() / (n_classes * np.maximum(counts, 1)), device=device, dtype=torch.float32
+        )
     smoothing = float(train_cfg.label_smoothing)
     return lambda out, y: F.cross_entropy(out, y, weight=weight, label_smoothing=smoothing)
 
@@ -143,8 +148,9 @@ def network_outputs(network: nn.Module, x: Any, device: torch.device | None = No
     return torch.cat(chunks) if chunks else torch.empty(0, 1)
 
 
-def predict(network: nn.Module, x: Any, task: str,
-            target_scaling: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray | None]:
+def predict(
+    network: nn.Module, x: Any, task: str, target_scaling: tuple[float, float] | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     return outputs_to_predictions(network_outputs(network, x), task, target_scaling)
 
 
@@ -177,8 +183,12 @@ def fit(
         # the network learns a standardized target; predictions are scaled back
         y = data.y_train.astype(np.float64)
         target_scaling = (float(y.mean()), float(y.std() or 1.0))
-        y_train = torch.as_tensor((y - target_scaling[0]) / target_scaling[1], dtype=torch.float32, device=device)
-        y_val = torch.as_tensor((data.y_val - target_scaling[0]) / target_scaling[1], dtype=torch.float32, device=device)
+        y_train = torch.as_tensor(
+            (y - target_scaling[0]) / target_scaling[1], dtype=torch.float32, device=device
+        )
+        y_val = torch.as_tensor(
+            (data.y_val - target_scaling[0]) / target_scaling[1], dtype=torch.float32, device=device
+        )
     elif data.task == "binary":
         y_train = torch.as_tensor(data.y_train, dtype=torch.float32, device=device)
         y_val = torch.as_tensor(data.y_val, dtype=torch.float32, device=device)
@@ -191,14 +201,16 @@ def fit(
     plateau = None
     if train_cfg.schedule == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max" if objective.maximize else "min", factor=0.5,
+            optimizer,
+            mode="max" if objective.maximize else "min",
+            factor=0.5,
             patience=max(1, train_cfg.early_stopping.patience // 3),
         )
     augment = None
     if spec.kind == "cnn" and model_cfg.augment.enabled and data.image_shape:
         a = model_cfg.augment
         augment = ImageAugmentation(data.image_shape, a.max_shift, a.max_rotation_degrees, a.noise_std)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     generator = torch.Generator(device=device).manual_seed(seed)
     shuffle_generator = torch.Generator().manual_seed(seed)
 
@@ -219,7 +231,7 @@ def fit(
         epoch_started = time.perf_counter()
         if plateau is None:
             factor = _lr_factor(epoch, epochs, train_cfg.warmup_epochs, train_cfg.schedule)
-            for group, base in zip(optimizer.param_groups, base_lrs):
+            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * factor
         model.train()
         order = torch.randperm(n_rows, generator=shuffle_generator).to(device)
@@ -248,7 +260,9 @@ def fit(
 
         model.eval()
         with torch.no_grad(), autocast:
-            val_out = torch.cat([model(x_val[s : s + EVAL_CHUNK]) for s in range(0, x_val.shape[0], EVAL_CHUNK)])
+            val_out = torch.cat(
+                [model(x_val[s : s + EVAL_CHUNK]) for s in range(0, x_val.shape[0], EVAL_CHUNK)]
+            )
             val_loss = float(loss_fn(val_out.float(), y_val))
         pred, proba = outputs_to_predictions(val_out, data.task, target_scaling)
         score = objective.score(data.y_val, pred, proba)
@@ -273,8 +287,12 @@ def fit(
         else:
             waited += 1
         if bar is not None:
-            bar.set_postfix(loss=f"{train_loss:.4f}", val_loss=f"{val_loss:.4f}",
-                            **{objective.metric: f"{score:.4f}"}, refresh=False)
+            bar.set_postfix(
+                loss=f"{train_loss:.4f}",
+                val_loss=f"{val_loss:.4f}",
+                **{objective.metric: f"{score:.4f}"},
+                refresh=False,
+            )
             bar.update(1)
         if on_epoch is not None:
             on_epoch(epoch, record)
@@ -298,4 +316,3 @@ def fit(
         seconds=time.perf_counter() - started,
         device=str(device),
     )
-

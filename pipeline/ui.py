@@ -27,8 +27,19 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     print(f"MLflow UI: {url}/#/experiments/{experiment_id}?workflowType=machine_learning", flush=True)
     mlflow_cli = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
-    os.execv(mlflow_cli, [mlflow_cli, "server", "--backend-store-uri", args.backend_store_uri,
-                          "--host", "127.0.0.1", "--port", str(args.port)])
+    os.execv(
+        mlflow_cli,
+        [
+            mlflow_cli,
+            "server",
+            "--backend-store-uri",
+            args.backend_store_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(args.port),
+        ],
+    )
 
 
 if __name__ == "__main__":

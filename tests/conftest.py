@@ -73,8 +73,15 @@ def run_cli(store: str, tmp_path: Path) -> Callable[..., subprocess.CompletedPro
     """Run `python -m pipeline` in a subprocess against the temp store."""
 
     def run(*overrides: str, tiny: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-        args = [sys.executable, "-m", "pipeline", *(TINY if tiny else []), f"tracking.uri={store}",
-                f"hydra.run.dir={tmp_path / 'outputs'}", *overrides]
+        args = [
+            sys.executable,
+            "-m",
+            "pipeline",
+            *(TINY if tiny else []),
+            f"tracking.uri={store}",
+            f"hydra.run.dir={tmp_path / 'outputs'}",
+            *overrides,
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 

@@ -150,10 +150,7 @@ def test_column_roles_and_card(make_cfg, tmp_path):
     assert set(card["class_balance"]) == {"no", "yes"}
     assert prepared.preprocessing.classes == ["no", "yes"]
     markdown = card_markdown(card)
-    assert (
-        "# Data card: rows.csv" in markdown
-        and "| customer_id | looks like an identifier |" in markdown
-    )
+    assert "# Data card: rows.csv" in markdown and "| customer_id | looks like an identifier |" in markdown
     assert f"- warnings: {card['warning_count']}" in markdown
 
 
@@ -195,9 +192,7 @@ def test_mostly_numeric_text_and_row_numbers(make_cfg, tmp_path):
     assert prepared.task == "regression" and prepared.card["split_strategy"] == "random"
     assert prepared.preprocessing.column_types == {"amount": "numeric", "size": "numeric"}
     assert prepared.card["dropped_columns"] == {"row": "looks like an identifier"}
-    assert any(
-        "'amount' holds numbers and 2 values that are not" in w for w in prepared.card["warnings"]
-    )
+    assert any("'amount' holds numbers and 2 values that are not" in w for w in prepared.card["warnings"])
     assert (
         np.isnan(prepared.frames["train"]["amount"]).sum()
         + np.isnan(prepared.frames["val"]["amount"]).sum()
@@ -232,9 +227,7 @@ def test_preprocessing_is_fitted_on_the_training_rows_only(make_cfg, tmp_path):
     raw.loc[raw.index[0], "color"] = "never seen"
     raw.loc[raw.index[1], ["color", "x2"]] = [None, np.nan]
     features = prepared.preprocessing.transform(raw)
-    assert (
-        features.shape == (2, prepared.features["train"].shape[1]) and np.isfinite(features).all()
-    )
+    assert features.shape == (2, prepared.features["train"].shape[1]) and np.isfinite(features).all()
 
 
 # --- splits ---------------------------------------------------------------------------------------
@@ -264,9 +257,7 @@ def test_time_split_puts_the_latest_rows_in_test():
     assert train.max() < val.min() and val.max() < test.min()
     assert 0.08 < len(test) / len(frame) < 0.25
     with pytest.raises(DataError, match="too few distinct values"):
-        split_rows(
-            frame.assign(day="2024-01-01"), frame["label"], "time", 0.15, 0.15, 7, time="day"
-        )
+        split_rows(frame.assign(day="2024-01-01"), frame["label"], "time", 0.15, 0.15, 7, time="day")
 
 
 def test_prepare_with_group_and_time_splits(make_cfg, tmp_path):

@@ -152,9 +152,7 @@ def test_baselines_train_and_score_on_the_prepared_split(make_cfg, prepared, mon
         assert proba.shape == (len(prepared.targets["test"]), prepared.n_classes)
         # the val column is scored on the val split, the test columns on the test split
         val_pred = model.predict(prepared.features["val"])
-        assert row["val_accuracy"] == pytest.approx(
-            skm.accuracy_score(prepared.targets["val"], val_pred)
-        )
+        assert row["val_accuracy"] == pytest.approx(skm.accuracy_score(prepared.targets["val"], val_pred))
         assert row["test_accuracy"] == pytest.approx(
             skm.accuracy_score(prepared.targets["test"], model.predict(prepared.features["test"]))
         )
@@ -177,9 +175,7 @@ class _FixedPredictor:
 
 
 @pytest.mark.parametrize("metric,direction", [("accuracy", "maximize"), ("log_loss", "minimize")])
-def test_best_baseline_is_chosen_by_the_val_objective(
-    make_cfg, prepared, monkeypatch, metric, direction
-):
+def test_best_baseline_is_chosen_by_the_val_objective(make_cfg, prepared, monkeypatch, metric, direction):
     """The baseline with the better val objective is the one compared, even when another has the
     better test score (choosing on test would leak)."""
     cfg = make_cfg("data=wine", "evaluate.bootstrap=20")
@@ -299,8 +295,4 @@ def test_evaluation_save_round_trips_without_copying_figures(tmp_path):
     assert plt.get_fignums() == [figure.number]  # saving made no copies that pyplot keeps open
     plt.close("all")
     loaded = Evaluation.load(tmp_path)
-    assert (
-        loaded.figures == {}
-        and loaded.metrics == {"accuracy": 0.9}
-        and loaded.interval == [0.05, 0.15]
-    )
+    assert loaded.figures == {} and loaded.metrics == {"accuracy": 0.9} and loaded.interval == [0.05, 0.15]

@@ -89,9 +89,7 @@ def test_each_stage_alone_finds_the_upstream_runs(make_cfg):
     runs = client.search_runs([prepared.experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"]
     failed = [r for r in runs if r.info.status == "FAILED"]
-    assert [(r.data.tags["stage"], r.data.tags["stages"]) for r in failed] == [
-        ("pipeline", "evaluate")
-    ]
+    assert [(r.data.tags["stage"], r.data.tags["stages"]) for r in failed] == [("pipeline", "evaluate")]
     assert "UpstreamMissing" in failed[0].data.tags["error"]
 
 
@@ -102,9 +100,7 @@ def test_standalone_stage_uses_the_prepare_run_of_its_data_set(make_cfg):
     assert wine.run_ids["prepare"] != cancer.run_ids["prepare"]
 
     trained = run_pipeline(make_cfg("stages=[train]", "data=wine"))
-    assert trained.upstream_used == {
-        "prepare": wine.run_ids["prepare"]
-    }  # no tune run: config params
+    assert trained.upstream_used == {"prepare": wine.run_ids["prepare"]}  # no tune run: config params
     assert trained.outputs["prepare"].name == "wine"
     assert trained.outputs["train"].params_source == "config"
     assert trained.outputs["train"].spec.n_outputs == 3  # wine's three classes
@@ -164,9 +160,7 @@ def test_cli_runs_every_stage_and_records_them(run_cli, store):
 
     # the parent records what is needed to repeat the run
     assert parent.data.tags["git.commit"]
-    assert {"version.python", "version.torch", "version.mlflow", "version.optuna"} <= set(
-        parent.data.params
-    )
+    assert {"version.python", "version.torch", "version.mlflow", "version.optuna"} <= set(parent.data.params)
     assert "config.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     config_text = Path(client.download_artifacts(parent.info.run_id, "config.yaml")).read_text()
     assert "name: wine" in config_text
@@ -206,9 +200,7 @@ def test_sigterm_ends_open_runs_killed(store, tmp_path):
         while time.monotonic() < deadline and proc.poll() is None:
             experiment = client.get_experiment_by_name("pipeline")
             if experiment is not None:
-                running = client.search_runs(
-                    [experiment.experiment_id], "attributes.status = 'RUNNING'"
-                )
+                running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
                 if any(r.data.tags.get("stage") == "tune.trial" for r in running):
                     tune_running = True
                     break

@@ -52,18 +52,14 @@ class Pipelines:
 
     def run(self, *overrides: str) -> PipelineResult:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(
-                config_name="config", overrides=[*TINY, f"tracking.uri={self.store}", *overrides]
-            )
+            cfg = compose(config_name="config", overrides=[*TINY, f"tracking.uri={self.store}", *overrides])
         return run_pipeline(cfg)
 
     def model(self, data: str, quality: str) -> PipelineResult:
         """prepare+train+evaluate of a good (default settings) or bad model on `data`."""
         key = (data, quality)
         if key not in self.trained:
-            self.trained[key] = self.run(
-                UPSTREAM, f"data={data}", *(BAD if quality == "bad" else ())
-            )
+            self.trained[key] = self.run(UPSTREAM, f"data={data}", *(BAD if quality == "bad" else ()))
         return self.trained[key]
 
     def score(self, data: str, quality: str) -> float:
@@ -89,9 +85,7 @@ def _assert_recorded(result: PipelineResult, decision: Decision) -> None:
     client = MlflowClient()
     run_id = result.run_ids["register"]
     assert "outputs/decision.json" in [a.path for a in client.list_artifacts(run_id, "outputs")]
-    local = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path="outputs/decision.json"
-    )
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="outputs/decision.json")
     assert json.loads(Path(local).read_text()) == json.loads(json.dumps(decision.__dict__))
     tags = client.get_run(run_id).data.tags
     assert tags["registry.alias"] == decision.alias and tags["registry.version"] == decision.version

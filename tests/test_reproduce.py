@@ -19,8 +19,14 @@ def wine_csv(tmp_path):
 
 @pytest.mark.slow
 def test_reproduce_gives_identical_metrics_and_registers_nothing(make_cfg, store, wine_csv):
-    original = run_pipeline(make_cfg("data=table", f"data.path={wine_csv}", "data.target=target",
-                                     "stages=[prepare,tune,train,evaluate]"))
+    original = run_pipeline(
+        make_cfg(
+            "data=table",
+            f"data.path={wine_csv}",
+            "data.target=target",
+            "stages=[prepare,tune,train,evaluate]",
+        )
+    )
     result, compared, warnings = reproduce(original.parent_run_id, store)
     assert result.experiment_id != original.experiment_id
     assert "register" not in result.outputs
@@ -34,8 +40,11 @@ def test_reproduce_gives_identical_metrics_and_registers_nothing(make_cfg, store
 
 @pytest.mark.slow
 def test_reproduce_refuses_other_data(make_cfg, store, wine_csv):
-    original = run_pipeline(make_cfg("data=table", f"data.path={wine_csv}", "data.target=target",
-                                     "stages=[prepare,train,evaluate]"))
+    original = run_pipeline(
+        make_cfg(
+            "data=table", f"data.path={wine_csv}", "data.target=target", "stages=[prepare,train,evaluate]"
+        )
+    )
     frame = pd.read_csv(wine_csv)
     frame.loc[0, "alcohol"] += 1.0
     frame.to_csv(wine_csv, index=False)

@@ -196,9 +196,7 @@ def test_served_model_answers_like_the_pipeline_and_refuses_bad_requests(served,
 
         # one row whose number and text are both missing: columns of nothing but nulls
         gaps = pd.DataFrame({"x1": [0.3], "x2": [None], "color": [None]})
-        status, answer = _post(
-            f"{url}/invocations", json.dumps({"dataframe_split": _split(gaps)}).encode()
-        )
+        status, answer = _post(f"{url}/invocations", json.dumps({"dataframe_split": _split(gaps)}).encode())
         assert status == 200, answer
         _assert_same(pd.DataFrame(answer["predictions"]), served["predictor"].predict_frame(gaps))
 
@@ -210,9 +208,7 @@ def test_served_model_answers_like_the_pipeline_and_refuses_bad_requests(served,
             "text in a numeric column": json.dumps({"dataframe_split": wrong_type}).encode(),
             "empty body": b"",
             "not json": b"{rows: 1",
-            "no rows": json.dumps(
-                {"dataframe_split": {"columns": list(rows.columns), "data": []}}
-            ).encode(),
+            "no rows": json.dumps({"dataframe_split": {"columns": list(rows.columns), "data": []}}).encode(),
         }
         for what, body in bad_requests.items():
             status, answer = _post(f"{url}/invocations", body)

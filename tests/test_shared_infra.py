@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if not postgres_available():
     if os.environ.get("CI"):
         raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) are required when CI is set")
-    pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed on this machine",
-                allow_module_level=True)
+    pytest.skip(
+        "PostgreSQL server binaries (initdb, pg_ctl) are not installed on this machine",
+        allow_module_level=True,
+    )
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -36,8 +38,11 @@ def infra(tmp_path_factory):
     cluster = PostgresCluster().start()
     server = None
     try:
-        server = TrackingServer(cluster.database_url("pipeline"),
-                                str(tmp_path_factory.mktemp("server") / "artifacts"), free_port()).start()
+        server = TrackingServer(
+            cluster.database_url("pipeline"),
+            str(tmp_path_factory.mktemp("server") / "artifacts"),
+            free_port(),
+        ).start()
         yield cluster, server
     finally:
         if server is not None:
@@ -46,8 +51,16 @@ def infra(tmp_path_factory):
 
 
 def _pipeline(*overrides: str, tmp: Path) -> list[str]:
-    return [sys.executable, "-m", "pipeline", f"hydra.run.dir={tmp}", "train.threads=1",
-            "evaluate.baselines=[dummy]", "evaluate.bootstrap=20", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        f"hydra.run.dir={tmp}",
+        "train.threads=1",
+        "evaluate.baselines=[dummy]",
+        "evaluate.bootstrap=20",
+        *overrides,
+    ]
 
 
 def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
@@ -56,15 +69,36 @@ def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
     experiment = "shared-sweep"
     n_trials = 5
     common = [f"tracking.uri={server.url}", f"tracking.experiment={experiment}"]
-    prepared = subprocess.run(_pipeline("stages=[prepare]", *common, tmp=tmp_path / "prep"), cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)
+    prepared = subprocess.run(
+        _pipeline("stages=[prepare]", *common, tmp=tmp_path / "prep"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert prepared.returncode == 0, prepared.stderr
 
-    worker_args = [*common, "stages=[tune]", f"tune.storage={storage}", "tune.study_name=shared",
-                   f"tune.n_trials={n_trials}", "tune.epochs=20", "tune.pruner=none",
-                   "tune.heartbeat_seconds=1", "train.early_stopping.patience=100"]
-    workers = [subprocess.Popen(_pipeline(*worker_args, tmp=tmp_path / f"w{i}"), cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(3)]
+    worker_args = [
+        *common,
+        "stages=[tune]",
+        f"tune.storage={storage}",
+        "tune.study_name=shared",
+        f"tune.n_trials={n_trials}",
+        "tune.epochs=20",
+        "tune.pruner=none",
+        "tune.heartbeat_seconds=1",
+        "train.early_stopping.patience=100",
+    ]
+    workers = [
+        subprocess.Popen(
+            _pipeline(*worker_args, tmp=tmp_path / f"w{i}"),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
     victim = workers[0]
     try:
         # kill the first worker while it runs a trial
@@ -104,7 +138,9 @@ def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
     client = MlflowClient()
     tune_run_id = study.user_attrs["mlflow_tune_run_id"]
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    trial_runs = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{tune_run_id}'", max_results=1000)
+    trial_runs = client.search_runs(
+        [experiment_id], f"tags.mlflow.parentRunId = '{tune_run_id}'", max_results=1000
+    )
     runs_per_trial = Counter(int(r.data.tags["trial.number"]) for r in trial_runs)
     ran = [t for t in trials if not t.user_attrs.get("surplus")]
     assert {t.number for t in ran} == set(runs_per_trial)
@@ -124,9 +160,20 @@ def test_credentials_are_masked_everywhere(infra, tmp_path):
     storage = cluster.database_url("optuna").replace("postgres@", f"postgres:{secret}@")
     env = {**os.environ, "OPTUNA_STORAGE": storage}
     done = subprocess.run(
-        _pipeline(f"tracking.uri={server.url}", "tracking.experiment=masking", "tune.n_trials=2", "tune.epochs=2",
-                  "train.epochs=2", f"tune.storage={storage}", tmp=tmp_path / "out"),
-        cwd=ROOT, capture_output=True, text=True, timeout=400, env=env,
+        _pipeline(
+            f"tracking.uri={server.url}",
+            "tracking.experiment=masking",
+            "tune.n_trials=2",
+            "tune.epochs=2",
+            "train.epochs=2",
+            f"tune.storage={storage}",
+            tmp=tmp_path / "out",
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert secret not in done.stdout + done.stderr

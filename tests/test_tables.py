@@ -144,9 +144,7 @@ def test_regression_semicolon_latin1_end_to_end(make_cfg, tmp_path):
     assert prepared.task == "regression" and prepared.preprocessing.classes is None
     assert set(prepared.preprocessing.columns) == {"région", "surface", "pièces"}
     out = mlflow.pyfunc.load_model(MODEL).predict(
-        pd.DataFrame(
-            {"région": ["Bretagne", "Alsace"], "surface": [50.0, None], "pièces": [2.0, 3.0]}
-        )
+        pd.DataFrame({"région": ["Bretagne", "Alsace"], "surface": [50.0, None], "pièces": [2.0, 3.0]})
     )
     assert list(out.columns) == ["prediction"] and np.isfinite(out["prediction"]).all()
 
@@ -170,9 +168,7 @@ def test_prepare_is_reused_unless_forced(make_cfg, tmp_path, capsys):
     assert "reusing" not in capsys.readouterr().out
     fresh = stage_run(client, forced.parent_run_id, "prepare")
     assert "reused.run" not in fresh.data.tags and forced.run_ids["prepare"] == fresh.info.run_id
-    assert {a.path for a in client.list_artifacts(fresh.info.run_id, "outputs")} >= {
-        "outputs/data_card.md"
-    }
+    assert {a.path for a in client.list_artifacts(fresh.info.run_id, "outputs")} >= {"outputs/data_card.md"}
 
     changed = run_pipeline(make_cfg(*args, "data.split.val_size=0.2"))  # other settings: a miss
     assert "reusing" not in capsys.readouterr().out

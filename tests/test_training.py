@@ -56,9 +56,7 @@ def test_early_stopping_restores_best_epoch_weights(make_cfg):
     key = f"val_{objective.metric}"
     scores = [row[key] for row in result.history]
     assert result.stopped_early
-    assert (
-        len(result.history) == result.best_epoch + 1 + 3
-    )  # stopped `patience` epochs after the best
+    assert len(result.history) == result.best_epoch + 1 + 3  # stopped `patience` epochs after the best
     assert result.best_score == scores[result.best_epoch] == min(scores)
     # every epoch after the best one was worse, so the last weights are not the best ones
     assert all(s > result.best_score for s in scores[result.best_epoch + 1 :])
@@ -161,9 +159,7 @@ def test_image_augmentation_keeps_shape_and_background():
     assert not torch.allclose(moved, images)  # it did move something
     blank = torch.full((4, 64), background)
     assert torch.allclose(augment(blank, generator), blank, atol=1e-6)
-    noisy = ImageAugmentation(shape, 1, 10.0, noise_std=0.05)(
-        images, torch.Generator().manual_seed(0)
-    )
+    noisy = ImageAugmentation(shape, 1, 10.0, noise_std=0.05)(images, torch.Generator().manual_seed(0))
     assert noisy.shape == images.shape and not torch.allclose(
         noisy.view(16, *shape)[:, :, 0, 0], torch.tensor(background)
     )
@@ -178,12 +174,8 @@ def test_infinite_features_raise_training_diverged(make_cfg):
     clean = _data(make_cfg, "wine")
     x_train = np.array(clean.x_train, dtype=np.float64, copy=True)
     x_train[0, 0] = np.inf
-    data = TrainingData(
-        x_train, clean.y_train, clean.x_val, clean.y_val, clean.task, clean.n_classes
-    )
-    with pytest.raises(
-        TrainingDiverged, match=r"diverged at epoch 1: the loss became nan.*train\.lr"
-    ):
+    data = TrainingData(x_train, clean.y_train, clean.x_val, clean.y_val, clean.task, clean.n_classes)
+    with pytest.raises(TrainingDiverged, match=r"diverged at epoch 1: the loss became nan.*train\.lr"):
         _fit(make_cfg, "wine", "train.epochs=3", data=data)
 
 

@@ -37,7 +37,7 @@ DIVERGES = 1e12  # an lr that makes the loss NaN in the first epoch: TrainingDiv
 def fresh_store(store: str) -> Path:
     """Point this process's MLflow client at the test's store (for tests that run the pipeline
     in a subprocess); returns its folder."""
-    target = Path(store[len("sqlite:///"):])
+    target = Path(store[len("sqlite:///") :])
     mlflow.set_tracking_uri(store)
     return target.parent
 
@@ -68,8 +68,7 @@ def done(study: optuna.Study) -> list[FrozenTrial]:
 def trial_runs(tune_run_id: str) -> list:
     client = MlflowClient()
     experiment_id = client.get_run(tune_run_id).info.experiment_id
-    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{tune_run_id}'",
-                              max_results=1000)
+    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{tune_run_id}'", max_results=1000)
 
 
 def run_ids(runs: list) -> list[str]:
@@ -87,10 +86,16 @@ def test_median_pruner_prunes_and_every_trial_has_its_own_nested_run(make_cfg, f
     # a wide lr range: slow learners fall behind the median after the warm-up epochs. Four good
     # trials (the median pruner's startup) and one that cannot learn are queued to be sure of a
     # pruned trial; the sampler picks the rest
-    cfg = tune_cfg(make_cfg, "tune.n_trials=8", "tune.epochs=8", "tune.pruner=median",
-                   "tune.sampler=random", "tune.study_name=pruning", space=LR_ONLY)
-    queued = optuna.create_study(study_name="pruning", storage=journal(fresh_store),
-                                 direction="maximize")
+    cfg = tune_cfg(
+        make_cfg,
+        "tune.n_trials=8",
+        "tune.epochs=8",
+        "tune.pruner=median",
+        "tune.sampler=random",
+        "tune.study_name=pruning",
+        space=LR_ONLY,
+    )
+    queued = optuna.create_study(study_name="pruning", storage=journal(fresh_store), direction="maximize")
     for lr in (3e-3, 1e-2, 3e-3, 1e-2, 1e-7):
         queued.enqueue_trial({"train.lr": lr})
     result = run_pipeline(cfg)
@@ -129,7 +134,8 @@ def test_median_pruner_prunes_and_every_trial_has_its_own_nested_run(make_cfg, f
             assert len(history) < 8  # stopped early by the pruner
             assert "value" not in metrics
             assert metrics["last_reported"] == pytest.approx(
-                trial.intermediate_values[max(trial.intermediate_values)])
+                trial.intermediate_values[max(trial.intermediate_values)]
+            )
     best = result.outputs["tune"]
     assert best.best_run_id == study.best_trial.user_attrs[RUN_ID_ATTR]
     assert best.best_value == pytest.approx(study.best_value)
@@ -160,8 +166,7 @@ def test_resume_continues_toward_the_total_under_one_tune_run(make_cfg, fresh_st
 
 def test_a_changed_search_space_is_refused_for_a_named_study(make_cfg, fresh_store):
     run_pipeline(tune_cfg(make_cfg, "tune.n_trials=1", "tune.study_name=fixed"))
-    changed = tune_cfg(make_cfg, "tune.n_trials=2", "tune.study_name=fixed",
-                       "tune.space.train.lr.high=0.05")
+    changed = tune_cfg(make_cfg, "tune.n_trials=2", "tune.study_name=fixed", "tune.space.train.lr.high=0.05")
     with pytest.raises(ConfigError, match=r"'fixed'.*another search space.*new tune\.study_name"):
         run_pipeline(changed)
     study = optuna.load_study(study_name="fixed", storage=journal(fresh_store))
@@ -175,8 +180,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(make_cfg, fresh_store
     space = {"train": {"lr": {"type": "categorical", "choices": [0.001, 0.003, 0.01, DIVERGES]}}}
     cfg = tune_cfg(make_cfg, "tune.n_trials=3", "tune.study_name=failing", space=space)
     # the first trial is sure to diverge; the sampler picks the others
-    study = optuna.create_study(study_name="failing", storage=journal(fresh_store),
-                                direction="maximize")
+    study = optuna.create_study(study_name="failing", storage=journal(fresh_store), direction="maximize")
     study.enqueue_trial({"train.lr": DIVERGES})
     result = run_pipeline(cfg)
 
@@ -201,8 +205,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(make_cfg, fresh_store
 def test_when_every_trial_fails_the_stage_fails_with_the_errors(make_cfg, fresh_store):
     space = {"train": {"lr": {"type": "categorical", "choices": [DIVERGES]}}}
     cfg = tune_cfg(make_cfg, "tune.n_trials=2", space=space)
-    with pytest.raises(PipelineError,
-                       match=r"no trial completed.*2x TrainingDiverged: training diverged"):
+    with pytest.raises(PipelineError, match=r"no trial completed.*2x TrainingDiverged: training diverged"):
         run_pipeline(cfg)
     study = the_study(fresh_store)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
@@ -220,14 +223,32 @@ def test_when_every_trial_fails_the_stage_fails_with_the_errors(make_cfg, fresh_
 
 @pytest.mark.slow
 def test_sigkill_mid_trial_then_rerun_retries_it_and_leaves_nothing_running(
-        make_cfg, store, fresh_store, tmp_path):
-    overrides = [TUNE, "tune.n_trials=2", "tune.epochs=40", "tune.pruner=none",
-                 "train.early_stopping.patience=100", "train.threads=1"]
+    make_cfg, store, fresh_store, tmp_path
+):
+    overrides = [
+        TUNE,
+        "tune.n_trials=2",
+        "tune.epochs=40",
+        "tune.pruner=none",
+        "train.early_stopping.patience=100",
+        "train.threads=1",
+    ]
     log = (tmp_path / "killed.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *TINY, f"tracking.uri={store}",
-         f"hydra.run.dir={tmp_path / 'outputs'}", *overrides],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            *TINY,
+            f"tracking.uri={store}",
+            f"hydra.run.dir={tmp_path / 'outputs'}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     victim = None
     try:
         deadline = time.time() + 240
@@ -256,7 +277,8 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_leaves_nothing_running(
     tune_run_id = study.user_attrs[PARENT_RUN_ATTR]
     experiment_id = client.get_run(tune_run_id).info.experiment_id
     [killed_parent] = client.search_runs(
-        [experiment_id], f"tags.pid = '{process.pid}' and tags.stage = 'pipeline'")
+        [experiment_id], f"tags.pid = '{process.pid}' and tags.stage = 'pipeline'"
+    )
     left = {r.info.run_id for r in running_runs(experiment_id)}
     assert {killed_parent.info.run_id, tune_run_id, victim.user_attrs[RUN_ID_ATTR]} <= left
 

@@ -25,15 +25,20 @@ def test_both_workflows_exist():
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
 def test_actionlint_passes(workflow):
-    result = subprocess.run([_actionlint(), "-shellcheck=", "-pyflakes=", str(workflow)],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [_actionlint(), "-shellcheck=", "-pyflakes=", str(workflow)], capture_output=True, text=True, cwd=ROOT
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_actionlint_catches_a_broken_workflow(tmp_path):
     broken = tmp_path / "broken.yml"
-    broken.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ nope.value }}\n")
-    result = subprocess.run([_actionlint(), "-shellcheck=", "-pyflakes=", str(broken)], capture_output=True, text=True)
+    broken.write_text(
+        "on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ nope.value }}\n"
+    )
+    result = subprocess.run(
+        [_actionlint(), "-shellcheck=", "-pyflakes=", str(broken)], capture_output=True, text=True
+    )
     assert result.returncode != 0
 
 

@@ -63,14 +63,16 @@ def _baseline_model(name: str, task: str, seed: int) -> Any:
             "dummy": lambda: dummy.DummyRegressor(strategy="mean"),
             "linear": lambda: linear_model.Ridge(alpha=1.0),
             "random_forest": lambda: ensemble.RandomForestRegressor(
-                n_estimators=100, min_samples_leaf=2, n_jobs=-1, random_state=seed),
+                n_estimators=100, min_samples_leaf=2, n_jobs=-1, random_state=seed
+            ),
             "hist_gradient_boosting": lambda: ensemble.HistGradientBoostingRegressor(random_state=seed),
         }[name]()
     return {
         "dummy": lambda: dummy.DummyClassifier(strategy="prior"),
         "linear": lambda: linear_model.LogisticRegression(max_iter=500),
         "random_forest": lambda: ensemble.RandomForestClassifier(
-            n_estimators=100, n_jobs=-1, random_state=seed),
+            n_estimators=100, n_jobs=-1, random_state=seed
+        ),
         "hist_gradient_boosting": lambda: ensemble.HistGradientBoostingClassifier(random_state=seed),
     }[name]()
 
@@ -83,8 +85,9 @@ def _predict(model: Any, x: Any, task: str, n_classes: int) -> tuple[np.ndarray,
     return proba.argmax(axis=1), proba
 
 
-def fit_baselines(cfg: DictConfig, prepared: PreparedData, objective: Objective
-                  ) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray | None]], list[str]]:
+def fit_baselines(
+    cfg: DictConfig, prepared: PreparedData, objective: Objective
+) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray | None]], list[str]]:
     """Train each baseline on the training split; score it on val (for choosing) and test."""
     task, seed, notes = prepared.task, int(cfg.seed), []
     x_train, y_train = prepared.features["train"], prepared.targets["train"]
@@ -92,32 +95,60 @@ def fit_baselines(cfg: DictConfig, prepared: PreparedData, objective: Objective
     for name in cfg.evaluate.baselines:
         x_fit, y_fit = x_train, y_train
         if name == "random_forest" and x_train.shape[0] > cfg.evaluate.forest_max_rows:
-            chosen = np.random.default_rng(seed).choice(x_train.shape[0], cfg.evaluate.forest_max_rows, replace=False)
+            chosen = np.random.default_rng(seed).choice(
+                x_train.shape[0], cfg.evaluate.forest_max_rows, replace=False
+            )
             x_fit, y_fit = x_train[chosen], y_train[chosen]
-            notes.append(f"random forest trained on a {cfg.evaluate.forest_max_rows}-row sample of "
-                         f"{x_train.shape[0]} training rows (evaluate.forest_max_rows)")
+            notes.append(
+                f"random forest trained on a {cfg.evaluate.forest_max_rows}-row sample of "
+                f"{x_train.shape[0]} training rows (evaluate.forest_max_rows)"
+            )
         dense = name == "hist_gradient_boosting" and sparse.issparse(x_fit)
         model = _baseline_model(name, task, seed)
         started = time.perf_counter()
         model.fit(x_fit.toarray() if dense else x_fit, y_fit)
         seconds = time.perf_counter() - started
 
-        def run(split: str) -> tuple[np.ndarray, np.ndarray | None]:
-            x = prepared.features[split]
-            return _predict(model, x.toarray() if dense else x, task, prepared.n_classes)
-
-        val_pred, val_proba = run("val")
-        test_pred, test_proba = run("test")
+        val_pred, val_proba, test_pred, test_proba = (
+            value
+            for split in ("val", "test")
+            for value in _predict(
+                model,
+                prepared.features[split].toarray() if dense else prepared.features[split],
+                task,
+                prepared.n_classes,
+            )
+        )
         test_predictions[name] = (test_pred, test_proba)
-        row = {"model": name, f"val_{objective.metric}": objective.score(prepared.targets["val"], val_pred, val_proba)}
-        row.update({f"test_{k}": v for k, v in task_metrics(task, prepared.targets["test"], test_pred, test_proba).items()})
+        row = {
+            "model": name,
+            f"val_{objective.metric}": objective.score(prepared.targets["val"], val_pred, val_proba),
+        }
+        row.update(
+            {
+                f"test_{k}": v
+                for k, v in task_metrics(task, prepared.targets["test"], test_pred, test_proba).items()
+            }
+        )
         row["fit_seconds"] = round(seconds, 3)
         rows.append(row)
     return rows, test_predictions, notes
 
 
-def bootstrap_difference(objective: Objective, y: np.ndarray, ours: tuple, theirs: tuple,
-                         resamples: int, confidence: float, seed: int) -> tuple[float, list[float]]:
+def _resample(predictions: tuple, idx: np.ndarray) -> tuple:
+    pred, proba = predictions
+    return pred[idx], None if proba is None else proba[idx]
+
+
+def bootstrap_difference(
+    objective: Objective,
+    y: np.ndarray,
+    ours: tuple,
+    theirs: tuple,
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> tuple[float, list[float]]:
     """Paired bootstrap over test rows of (ours - theirs) in the objective's better direction."""
     point = objective.improvement(objective.score(y, *ours), objective.score(y, *theirs))
     if resamples == 0:
@@ -128,10 +159,9 @@ def bootstrap_difference(objective: Objective, y: np.ndarray, ours: tuple, their
     for i in range(resamples):
         idx = rng.integers(0, n, n)
 
-        def pick(pair: tuple) -> tuple:
-            return pair[0][idx], None if pair[1] is None else pair[1][idx]
-
-        draws[i] = objective.improvement(objective.score(y[idx], *pick(ours)), objective.score(y[idx], *pick(theirs)))
+        draws[i] = objective.improvement(
+            objective.score(y[idx], *_resample(ours, idx)), objective.score(y[idx], *_resample(theirs, idx))
+        )
     tail = (1 - confidence) / 2
     finite = draws[np.isfinite(draws)]
     low, high = np.quantile(finite, [tail, 1 - tail]) if len(finite) else (np.nan, np.nan)
@@ -142,16 +172,25 @@ def verdict_line(metric: str, baseline: str, difference: float, interval: list[f
     title = BASELINE_TITLES.get(baseline, baseline)
     low, high = interval
     if low > 0:
-        return (f"the network beats {title} by {difference:.3f} [{low:.3f}, {high:.3f}] in test {metric}: "
-                "deep learning earns its place here")
+        return (
+            f"the network beats {title} by {difference:.3f} [{low:.3f}, {high:.3f}] in test {metric}: "
+            "deep learning earns its place here"
+        )
     if high < 0:
         return f"{title} is better here by {-difference:.3f} [{-high:.3f}, {-low:.3f}] in test {metric}: consider it"
-    return (f"the network and {title} are within noise: {difference:+.3f} [{low:+.3f}, {high:+.3f}] in test "
-            f"{metric}; the simpler model may be enough")
+    return (
+        f"the network and {title} are within noise: {difference:+.3f} [{low:+.3f}, {high:+.3f}] in test "
+        f"{metric}; the simpler model may be enough"
+    )
 
 
-def evaluate(cfg: DictConfig, prepared: PreparedData, predictor: Predictor, objective: Objective,
-             with_figures: bool = True) -> Evaluation:
+def evaluate(
+    cfg: DictConfig,
+    prepared: PreparedData,
+    predictor: Predictor,
+    objective: Objective,
+    with_figures: bool = True,
+) -> Evaluation:
     task = prepared.task
     y = prepared.targets["test"]
     pred, proba = predictor.predict_encoded(prepared.frames["test"])
@@ -170,11 +209,20 @@ def evaluate(cfg: DictConfig, prepared: PreparedData, predictor: Predictor, obje
 
         best = min(rows, key=rank)["model"]
         difference, interval = bootstrap_difference(
-            objective, y, (pred, proba), baseline_predictions[best], cfg.evaluate.bootstrap,
-            cfg.evaluate.confidence, int(cfg.seed))
+            objective,
+            y,
+            (pred, proba),
+            baseline_predictions[best],
+            cfg.evaluate.bootstrap,
+            cfg.evaluate.confidence,
+            int(cfg.seed),
+        )
         verdict = verdict_line(objective.metric, best, difference, interval)
-    network_row = {"model": "network", f"val_{objective.metric}": None,
-                   **{f"test_{k}": v for k, v in metrics.items()}}
+    network_row = {
+        "model": "network",
+        f"val_{objective.metric}": None,
+        **{f"test_{k}": v for k, v in metrics.items()},
+    }
     figures: dict[str, Any] = {}
     if with_figures:
         if task == "regression":
@@ -185,9 +233,16 @@ def evaluate(cfg: DictConfig, prepared: PreparedData, predictor: Predictor, obje
             figures.update(plots.roc_pr(y, proba, labels))
             figures["calibration_curve.png"] = plots.calibration(y, proba, cfg.evaluate.calibration_bins)
     return Evaluation(
-        objective=objective.metric, direction=objective.direction, metrics=metrics,
-        baselines=[network_row, *rows], best_baseline=best, difference=difference, interval=interval,
-        verdict=verdict, notes=notes, figures=figures,
+        objective=objective.metric,
+        direction=objective.direction,
+        metrics=metrics,
+        baselines=[network_row, *rows],
+        best_baseline=best,
+        difference=difference,
+        interval=interval,
+        verdict=verdict,
+        notes=notes,
+        figures=figures,
     )
 
 
@@ -200,4 +255,3 @@ def comparison_markdown(evaluation: Evaluation) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"**Verdict:** {evaluation.verdict}"] + [f"- {n}" for n in evaluation.notes]
     return "\n".join(lines) + "\n"
-

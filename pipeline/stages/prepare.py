@@ -137,9 +137,7 @@ def prepare(cfg: DictConfig, table: Table | None = None) -> PreparedData:
 
     features = coerce_features(frame, inspection.column_types)
     classes = (
-        None
-        if task == "regression"
-        else sorted(target.unique().tolist(), key=lambda v: (str(type(v)), v))
+        None if task == "regression" else sorted(target.unique().tolist(), key=lambda v: (str(type(v)), v))
     )
     transformer = build_preprocessor(
         inspection.column_types, table.image_shape is not None, cfg.data.rare_level_min_count

@@ -99,20 +99,33 @@ def _passes_min_score(objective: Objective, score: float, min_score: float | Non
     return min_score is None or (score >= min_score if objective.maximize else score <= min_score)
 
 
-def decide(cfg: DictConfig, name: str, version: str, new_score: float, prepared: PreparedData,
-           objective: Objective) -> Decision:
+def decide(
+    cfg: DictConfig, name: str, version: str, new_score: float, prepared: PreparedData, objective: Objective
+) -> Decision:
     """Compare with the current champion (scored now) and choose the alias."""
     client = MlflowClient()
     reg = cfg.registry
-    decision = Decision(name, version, CHALLENGER, "", objective.metric, objective.direction, new_score,
-                        min_score=reg.min_score, min_delta=reg.min_delta, force=reg.force)
+    decision = Decision(
+        name,
+        version,
+        CHALLENGER,
+        "",
+        objective.metric,
+        objective.direction,
+        new_score,
+        min_score=reg.min_score,
+        min_delta=reg.min_delta,
+        force=reg.force,
+    )
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except mlflow.exceptions.MlflowException:
         champion = None
     if not _passes_min_score(objective, new_score, reg.min_score):
         word = "below" if objective.maximize else "above"
-        decision.reason = f"test {objective.metric} {new_score:.4f} is {word} registry.min_score={reg.min_score}"
+        decision.reason = (
+            f"test {objective.metric} {new_score:.4f} is {word} registry.min_score={reg.min_score}"
+        )
     elif champion is None or str(champion.version) == version:
         decision.alias, decision.reason = CHAMPION, "there was no champion"
     else:
@@ -126,20 +139,33 @@ def decide(cfg: DictConfig, name: str, version: str, new_score: float, prepared:
                 decision.alias = CHAMPION
                 decision.reason = f"champion v{champion.version} cannot be compared ({why}); promoted because registry.force=true"
             else:
-                decision.reason = (f"champion v{champion.version} cannot be compared ({why}); "
-                                   "set registry.force=true to promote anyway")
+                decision.reason = (
+                    f"champion v{champion.version} cannot be compared ({why}); "
+                    "set registry.force=true to promote anyway"
+                )
         elif objective.better(new_score, score, reg.min_delta) and (reg.min_delta > 0 or new_score != score):
             decision.alias = CHAMPION
-            decision.reason = (f"test {objective.metric} {new_score:.4f} beats champion v{champion.version}'s "
-                               f"{score:.4f} (rescored now) by at least registry.min_delta={reg.min_delta}")
+            decision.reason = (
+                f"test {objective.metric} {new_score:.4f} beats champion v{champion.version}'s "
+                f"{score:.4f} (rescored now) by at least registry.min_delta={reg.min_delta}"
+            )
         else:
-            decision.reason = (f"test {objective.metric} {new_score:.4f} does not beat champion "
-                               f"v{champion.version}'s {score:.4f} (rescored now) by registry.min_delta={reg.min_delta}")
+            decision.reason = (
+                f"test {objective.metric} {new_score:.4f} does not beat champion "
+                f"v{champion.version}'s {score:.4f} (rescored now) by registry.min_delta={reg.min_delta}"
+            )
     return decision
 
 
-def register(cfg: DictConfig, prepared: PreparedData, model_uri: str, new_score: float,
-             objective: Objective, tags: dict[str, str], store_dir: Path | None) -> Decision:
+def register(
+    cfg: DictConfig,
+    prepared: PreparedData,
+    model_uri: str,
+    new_score: float,
+    objective: Objective,
+    tags: dict[str, str],
+    store_dir: Path | None,
+) -> Decision:
     """Create the version, decide its alias behind the gate, and settle races with others."""
     client = MlflowClient()
     name = model_name(cfg)
@@ -152,7 +178,9 @@ def register(cfg: DictConfig, prepared: PreparedData, model_uri: str, new_score:
             except mlflow.exceptions.MlflowException:
                 pass  # created by a concurrent registration
         with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints registry chatter
-            version = str(mlflow.register_model(model_uri, name, tags=tags, await_registration_for=60).version)
+            version = str(
+                mlflow.register_model(model_uri, name, tags=tags, await_registration_for=60).version
+            )
         decision = decide(cfg, name, version, new_score, prepared, objective)
         client.set_registered_model_alias(name, decision.alias, version)
         if decision.alias == CHAMPION and store_dir is None:
@@ -160,8 +188,14 @@ def register(cfg: DictConfig, prepared: PreparedData, model_uri: str, new_score:
     return decision
 
 
-def _settle(cfg: DictConfig, name: str, decision: Decision, prepared: PreparedData,
-            objective: Objective, rounds: int = 3) -> Decision:
+def _settle(
+    cfg: DictConfig,
+    name: str,
+    decision: Decision,
+    prepared: PreparedData,
+    objective: Objective,
+    rounds: int = 3,
+) -> Decision:
     """Against a shared server there is no lock: after setting champion, wait, re-read, and if
     another registration took the alias meanwhile, keep whichever scores better on our split."""
     client = MlflowClient()

@@ -51,10 +51,14 @@ class TrainedModel:
         torch.save(self.state_dict, directory / "weights.pt")
         pd.DataFrame(self.history).rename_axis("epoch").to_csv(directory / "history.csv")
         meta = {
-            "spec": self.spec.to_dict(), "target_scaling": self.target_scaling,
-            "best_epoch": self.best_epoch, "best_val_score": self.best_val_score,
-            "params_source": self.params_source, "applied_values": self.applied_values,
-            "seconds": self.seconds, "device": self.device,
+            "spec": self.spec.to_dict(),
+            "target_scaling": self.target_scaling,
+            "best_epoch": self.best_epoch,
+            "best_val_score": self.best_val_score,
+            "params_source": self.params_source,
+            "applied_values": self.applied_values,
+            "seconds": self.seconds,
+            "device": self.device,
         }
         (directory / "trained.json").write_text(json.dumps(meta, indent=2))
 
@@ -67,7 +71,8 @@ class TrainedModel:
             spec=NetworkSpec(**meta.pop("spec")),
             state_dict=torch.load(directory / "weights.pt", map_location="cpu", weights_only=True),
             target_scaling=tuple(scaling) if scaling else None,
-            history=history, **meta,
+            history=history,
+            **meta,
         )
 
 
@@ -83,8 +88,15 @@ def train(
     use_tuned = tuned is not None and cfg.train.params_from == "auto"
     values = dict(tuned.best_values) if use_tuned and tuned else {}
     run_cfg = apply_values(cfg, values)
-    result = fit(run_cfg.train, run_cfg.model, prepared.training_data(), objective, int(cfg.seed),
-                 on_epoch=on_epoch, progress=progress)
+    result = fit(
+        run_cfg.train,
+        run_cfg.model,
+        prepared.training_data(),
+        objective,
+        int(cfg.seed),
+        on_epoch=on_epoch,
+        progress=progress,
+    )
     return TrainedModel(
         spec=result.spec,
         state_dict={k: v.detach().cpu().clone() for k, v in result.network.state_dict().items()},

@@ -107,8 +107,7 @@ def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def _pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
-                                              reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3)
     return optuna.pruners.NopPruner()
@@ -122,8 +121,9 @@ def search_digest(dimensions: list[Dimension], objective: Objective) -> str:
     return space_digest(dimensions + [Dimension(objective.metric, objective.direction)])  # type: ignore[list-item]
 
 
-def open_study(cfg: DictConfig, data_digest: str, objective: Objective, store_dir: Path | None,
-               worker: int = 0) -> tuple[optuna.Study, StudySettings]:
+def open_study(
+    cfg: DictConfig, data_digest: str, objective: Objective, store_dir: Path | None, worker: int = 0
+) -> tuple[optuna.Study, StudySettings]:
     """Create or load the study; refuse one whose search space or objective changed."""
     dimensions = parse_space(OmegaConf.to_container(cfg.tune.space, resolve=True), cfg)
     digest = search_digest(dimensions, objective)
@@ -166,14 +166,14 @@ def load_study(settings: StudySettings, worker: int = 0) -> optuna.Study:
     except ValueError as exc:
         if "direction" in str(exc).lower():
             raise ConfigError(
-                f"study {settings.study_name!r} optimizes in another direction; choose a new "
-                "tune.study_name"
+                f"study {settings.study_name!r} optimizes in another direction; choose a new tune.study_name"
             ) from None
         raise
     except Exception as exc:
         if "OperationalError" in type(exc).__name__ or "connect" in str(exc).lower():
-            raise PipelineError(f"cannot open the study storage {mask(settings.storage)}: "
-                                f"{str(exc).splitlines()[0]}") from None
+            raise PipelineError(
+                f"cannot open the study storage {mask(settings.storage)}: {str(exc).splitlines()[0]}"
+            ) from None
         raise
 
 
@@ -208,8 +208,7 @@ def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         except Exception as exc:  # noqa: BLE001 - tracking trouble must not stop the study
             log.warning("could not end the runs of dead process %s: %s", pid, exc)
     if "retry_of" not in trial.user_attrs:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
-                            skip_if_exists=False)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
         log.warning("trial %d was left running by a dead process: retrying it", trial.number)
 
 
@@ -305,9 +304,14 @@ def _start_trial_run(ctx: TrialContext, trial: optuna.Trial, values: dict[str, A
     from pipeline.tracking import log_values
 
     client = MlflowClient()
-    tags = {"mlflow.parentRunId": ctx.tune_run_id, "stage": "tune.trial",
-            "trial.number": str(trial.number), "trial.state": "RUNNING",
-            "pid": str(os.getpid()), "host": socket.gethostname()}
+    tags = {
+        "mlflow.parentRunId": ctx.tune_run_id,
+        "stage": "tune.trial",
+        "trial.number": str(trial.number),
+        "trial.state": "RUNNING",
+        "pid": str(os.getpid()),
+        "host": socket.gethostname(),
+    }
     retry_of = trial.user_attrs.get("retry_of")
     if retry_of is not None:
         tags["trial.retry_of"] = str(retry_of)
@@ -345,8 +349,15 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> Tr
             buffer = MetricBuffer(run_id, flush_seconds=30.0)
         trial_cfg = apply_values(ctx.cfg, values)
         with _Heartbeat(study, trial, ctx.heartbeat_seconds):
-            result = fit(trial_cfg.train, trial_cfg.model, ctx.data, ctx.objective,
-                         int(ctx.cfg.seed), epochs=ctx.epochs, on_epoch=on_epoch)
+            result = fit(
+                trial_cfg.train,
+                trial_cfg.model,
+                ctx.data,
+                ctx.objective,
+                int(ctx.cfg.seed),
+                epochs=ctx.epochs,
+                on_epoch=on_epoch,
+            )
         state, value, error = TrialState.COMPLETE, result.best_score, None
     except optuna.TrialPruned:
         state, value, error = TrialState.PRUNED, None, None
@@ -398,11 +409,15 @@ def _awaiting_retry(trials: list[FrozenTrial]) -> set[int]:
     retried = {t.user_attrs.get("retry_of") for t in trials}
     recent = time.time() - 60
     return {
-        t.number for t in trials
-        if t.state == TrialState.FAIL and "pid" in t.user_attrs and t.number not in retried
+        t.number
+        for t in trials
+        if t.state == TrialState.FAIL
+        and "pid" in t.user_attrs
+        and t.number not in retried
         and not any(t.user_attrs.get(k) for k in ("error", "surplus", "interrupted"))
         and "retry_of" not in t.user_attrs
-        and t.datetime_complete is not None and t.datetime_complete.timestamp() > recent
+        and t.datetime_complete is not None
+        and t.datetime_complete.timestamp() > recent
     }
 
 
@@ -410,13 +425,27 @@ def census(study: optuna.Study, since: int = 0) -> Census:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state for t in trials)
     counts[TrialState.RUNNING] += len(_awaiting_retry(trials))
-    recent = sorted((t for t in trials if t.number >= since and t.state.is_finished()
-                     and not t.user_attrs.get("surplus")), key=lambda t: t.number)
-    raised = [t.state == TrialState.FAIL and bool(t.user_attrs.get("error")) for t in recent
-              if t.state in DONE or t.user_attrs.get("error")]  # not the trials of dead processes
+    recent = sorted(
+        (
+            t
+            for t in trials
+            if t.number >= since and t.state.is_finished() and not t.user_attrs.get("surplus")
+        ),
+        key=lambda t: t.number,
+    )
+    raised = [
+        t.state == TrialState.FAIL and bool(t.user_attrs.get("error"))
+        for t in recent
+        if t.state in DONE or t.user_attrs.get("error")
+    ]  # not the trials of dead processes
     failing = next((i for i, error in enumerate(reversed(raised)) if not error), len(raised))
-    return Census(counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
-                  counts[TrialState.RUNNING], counts[TrialState.WAITING], sum(raised), failing)
+    return Census(
+        counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
+        counts[TrialState.RUNNING],
+        counts[TrialState.WAITING],
+        sum(raised),
+        failing,
+    )
 
 
 def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
@@ -424,13 +453,13 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool
     trials = study.get_trials(deepcopy=False)
     holding = _awaiting_retry(trials)
     counted = (*DONE, TrialState.RUNNING, TrialState.WAITING)
-    earlier = [t for t in trials if t.number < trial.number
-               and (t.state in counted or t.number in holding)]
+    earlier = [t for t in trials if t.number < trial.number and (t.state in counted or t.number in holding)]
     return len(earlier) >= n_trials
 
 
-def work(study: optuna.Study, ctx: TrialContext, n_trials: int, deadline: float | None,
-         progress: Any = None) -> None:
+def work(
+    study: optuna.Study, ctx: TrialContext, n_trials: int, deadline: float | None, progress: Any = None
+) -> None:
     """Ask for trials until the study holds `n_trials` COMPLETE+PRUNED ones (counting what other
     workers run), the deadline passes, or the last `n_trials` trials all raised (a search space
     whose every point fails; a trial failing now and then does not stop the study)."""
@@ -454,10 +483,20 @@ def work(study: optuna.Study, ctx: TrialContext, n_trials: int, deadline: float 
         run_trial(study, trial, ctx)
 
 
-def _worker_main(settings: StudySettings, cfg_container: dict, data: Any, objective: Objective,
-                 worker: int, threads: int, tracking_uri: str | None, experiment_id: str | None,
-                 tune_run_id: str | None, n_trials: int, deadline: float | None,
-                 since: int = 0) -> None:
+def _worker_main(
+    settings: StudySettings,
+    cfg_container: dict,
+    data: Any,
+    objective: Objective,
+    worker: int,
+    threads: int,
+    tracking_uri: str | None,
+    experiment_id: str | None,
+    tune_run_id: str | None,
+    n_trials: int,
+    deadline: float | None,
+    since: int = 0,
+) -> None:
     """Entry point of a spawned worker process."""
     import torch
 
@@ -470,8 +509,17 @@ def _worker_main(settings: StudySettings, cfg_container: dict, data: Any, object
     cfg = OmegaConf.create(cfg_container)
     study = load_study(settings, worker)
     dimensions = parse_space(OmegaConf.to_container(cfg.tune.space, resolve=True))
-    ctx = TrialContext(cfg, data, objective, dimensions, settings.epochs,
-                       settings.heartbeat_seconds, experiment_id, tune_run_id, since)
+    ctx = TrialContext(
+        cfg,
+        data,
+        objective,
+        dimensions,
+        settings.epochs,
+        settings.heartbeat_seconds,
+        experiment_id,
+        tune_run_id,
+        since,
+    )
     work(study, ctx, n_trials, deadline)
 
 
@@ -493,8 +541,17 @@ def tune(
     since = len(study.get_trials(deepcopy=False))
     reap_stale_trials(study, settings.heartbeat_seconds)
     dimensions = parse_space(OmegaConf.to_container(cfg.tune.space, resolve=True), cfg)
-    ctx = TrialContext(cfg, data, objective, dimensions, settings.epochs,
-                       settings.heartbeat_seconds, experiment_id, tune_run_id, since)
+    ctx = TrialContext(
+        cfg,
+        data,
+        objective,
+        dimensions,
+        settings.epochs,
+        settings.heartbeat_seconds,
+        experiment_id,
+        tune_run_id,
+        since,
+    )
 
     bar = None
     if progress:
@@ -512,8 +569,19 @@ def tune(
         if n_jobs == 1:
             work(study, ctx, n_trials, deadline, show)
         else:
-            _run_workers(cfg, data, objective, settings, experiment_id, tune_run_id, n_trials,
-                         n_jobs, deadline, show, since)
+            _run_workers(
+                cfg,
+                data,
+                objective,
+                settings,
+                experiment_id,
+                tune_run_id,
+                n_trials,
+                n_jobs,
+                deadline,
+                show,
+                since,
+            )
             # finish here what dead workers left undone (their trials were reaped and re-queued)
             work(study, ctx, n_trials, deadline, show)
     finally:
@@ -525,9 +593,19 @@ def tune(
     return summarize(study, dimensions, settings, n_trials)
 
 
-def _run_workers(cfg: DictConfig, data: Any, objective: Objective, settings: StudySettings,
-                 experiment_id: str | None, tune_run_id: str | None, n_trials: int, n_jobs: int,
-                 deadline: float | None, show: Any, since: int = 0) -> None:
+def _run_workers(
+    cfg: DictConfig,
+    data: Any,
+    objective: Objective,
+    settings: StudySettings,
+    experiment_id: str | None,
+    tune_run_id: str | None,
+    n_trials: int,
+    n_jobs: int,
+    deadline: float | None,
+    show: Any,
+    since: int = 0,
+) -> None:
     import mlflow
 
     threads = max(1, (cfg.train.threads or os.cpu_count() or 1) // n_jobs)
@@ -537,8 +615,20 @@ def _run_workers(cfg: DictConfig, data: Any, objective: Objective, settings: Stu
     workers = [
         context.Process(
             target=_worker_main,
-            args=(settings, container, data, objective, i, threads, uri, experiment_id, tune_run_id,
-                  n_trials, deadline, since),
+            args=(
+                settings,
+                container,
+                data,
+                objective,
+                i,
+                threads,
+                uri,
+                experiment_id,
+                tune_run_id,
+                n_trials,
+                deadline,
+                since,
+            ),
             daemon=True,
         )
         for i in range(n_jobs)
@@ -558,16 +648,20 @@ def _run_workers(cfg: DictConfig, data: Any, objective: Objective, settings: Stu
         process.join()
 
 
-def summarize(study: optuna.Study, dimensions: list[Dimension], settings: StudySettings,
-              n_trials: int) -> TuneResult:
+def summarize(
+    study: optuna.Study, dimensions: list[Dimension], settings: StudySettings, n_trials: int
+) -> TuneResult:
     from pipeline.tracking import mask
 
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials if not t.user_attrs.get("surplus"))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
-        errors = Counter(t.user_attrs.get("error", "unknown error") for t in trials
-                         if t.state == TrialState.FAIL and not t.user_attrs.get("surplus"))
+        errors = Counter(
+            t.user_attrs.get("error", "unknown error")
+            for t in trials
+            if t.state == TrialState.FAIL and not t.user_attrs.get("surplus")
+        )
         summary = "; ".join(f"{n}x {e}" for e, n in errors.most_common(3)) or "no trial completed"
         raise PipelineError(f"tuning failed: no trial completed ({dict(counts)}): {summary}")
     best = study.best_trial
@@ -584,8 +678,7 @@ def summarize(study: optuna.Study, dimensions: list[Dimension], settings: StudyS
 
 
 def trials_frame(study: optuna.Study) -> Any:
-    return study.trials_dataframe(
-        attrs=("number", "value", "state", "params", "duration", "user_attrs"))
+    return study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
 
 
 def study_figures(study: optuna.Study) -> dict[str, str]:
