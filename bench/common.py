@@ -22,9 +22,7 @@ RESULTS = ROOT / "bench" / "results"
 def parser(description: str) -> argparse.ArgumentParser:
     """The flags every benchmark takes."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument(
-        "--quick", action="store_true", help="a small, fast version (for checking that it runs)"
-    )
+    p.add_argument("--quick", action="store_true", help="a small, fast version (for checking that it runs)")
     p.add_argument(
         "--repeats",
         type=int,
@@ -116,8 +114,7 @@ def alternate(
             times[name].append(measure(name, returned, seconds) if measure else seconds)
         if log:
             print(
-                f"  round {round_ + 1}/{repeats}: "
-                + ", ".join(f"{n} {times[n][-1]:.4g}" for n in names),
+                f"  round {round_ + 1}/{repeats}: " + ", ".join(f"{n} {times[n][-1]:.4g}" for n in names),
                 flush=True,
             )
     return times

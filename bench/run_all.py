@@ -30,9 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [b for b in chosen if b not in args.skip.split(",")]
     unknown = {b for b in (args.only + "," + args.skip).split(",") if b} - set(BENCHMARKS)
     if unknown:
-        p.error(
-            f"unknown benchmark(s): {', '.join(sorted(unknown))}; known: {', '.join(BENCHMARKS)}"
-        )
+        p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}; known: {', '.join(BENCHMARKS)}")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     outcomes: dict[str, tuple[int, float]] = {}
@@ -48,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             code = 130
         outcomes[name] = (code, time.perf_counter() - started)
         print(
-            f"===== {name}: {'ok' if code == 0 else f'FAILED (exit {code})'} "
-            f"in {outcomes[name][1]:.0f}s",
+            f"===== {name}: {'ok' if code == 0 else f'FAILED (exit {code})'} in {outcomes[name][1]:.0f}s",
             flush=True,
         )
         if code == 130:

@@ -120,9 +120,7 @@ class Server:
         started = time.perf_counter()
         while time.perf_counter() - started < timeout:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"the server exited with {self.process.returncode}:\n{self.tail()}"
-                )
+                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.tail()}")
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 connection.request("GET", "/ping")
@@ -156,9 +154,7 @@ def served_predict(connection: http.client.HTTPConnection, frame: Any) -> Any:
     import pandas as pd
 
     body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)})
-    connection.request(
-        "POST", "/invocations", body=body, headers={"Content-Type": "application/json"}
-    )
+    connection.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
     response = connection.getresponse()
     payload = response.read()
     if response.status != 200:
@@ -167,18 +163,14 @@ def served_predict(connection: http.client.HTTPConnection, frame: Any) -> Any:
 
 
 def check_same(served: Any, local: Any) -> None:
-    assert list(served["prediction"].astype(str)) == list(local["prediction"].astype(str)), (
-        "labels differ"
-    )
+    assert list(served["prediction"].astype(str)) == list(local["prediction"].astype(str)), "labels differ"
     probabilities = [c for c in local.columns if c.startswith("proba_")]
     assert np.allclose(
         served[probabilities].to_numpy(float), local[probabilities].to_numpy(float), atol=1e-6
     ), "probabilities differ"
 
 
-def latency(
-    report: Report, connection: Any, model: Any, rows: Any, size: int, requests: int
-) -> None:
+def latency(report: Report, connection: Any, model: Any, rows: Any, size: int, requests: int) -> None:
     import pandas as pd
 
     repeats = -(-size // len(rows))
@@ -232,12 +224,8 @@ def latency(
         "info",
         None,
     )
-    report.headline(
-        f"{size}-row request p50 ratio served / in process", round(p50, 2), "info", None
-    )
-    report.headline(
-        f"{size}-row request p99 ratio served / in process", round(p99, 2), "info", None
-    )
+    report.headline(f"{size}-row request p50 ratio served / in process", round(p50, 2), "info", None)
+    report.headline(f"{size}-row request p99 ratio served / in process", round(p99, 2), "info", None)
 
 
 def batch_scoring(
@@ -274,18 +262,14 @@ def batch_scoring(
         f"tracking.uri={tracking_uri}",
     ]
     walls, reported, local = [], [], []
-    print(
-        f"\nbatch scoring {size} rows: pipeline.serving predict vs in-process predict", flush=True
-    )
+    print(f"\nbatch scoring {size} rows: pipeline.serving predict vs in-process predict", flush=True)
     warmup = 0 if quick else 1
     for round_ in range(warmup, repeats + 1):  # round 0 is a warm-up
         started = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
         wall = time.perf_counter() - started
         if done.returncode != 0:
-            report.note(
-                f"pipeline.serving predict failed ({done.returncode}): {done.stderr.strip()[-500:]}"
-            )
+            report.note(f"pipeline.serving predict failed ({done.returncode}): {done.stderr.strip()[-500:]}")
             report.headline("batch scoring with pipeline.serving predict", "failed", "runs", False)
             return
         found = re.search(r"\(([\d,.]+) rows/second", done.stdout)
@@ -381,18 +365,14 @@ def main() -> None:
         try:
             ready = server.wait_ready()
             print(f"server ready on 127.0.0.1:{server.port} after {ready:.1f}s", flush=True)
-            report.headline(
-                "server start-up until /ping answers, seconds", round(ready, 1), "info", None
-            )
+            report.headline("server start-up until /ping answers, seconds", round(ready, 1), "info", None)
             connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
             latency(report, connection, model, rows, 1, requests)
             latency(report, connection, model, rows, 1000, max(10, requests // 4))
             connection.close()
         finally:
             server.stop()
-        batch_scoring(
-            report, root, tracking_uri, model_uri, model, rows, batch_rows, repeats, args.quick
-        )
+        batch_scoring(report, root, tracking_uri, model_uri, model, rows, batch_rows, repeats, args.quick)
     report.write()
 
 

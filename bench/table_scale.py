@@ -47,9 +47,7 @@ def make_table(rows: int, seed: int = 0) -> Any:
         weights = 1.0 / np.arange(1, levels + 1)
         codes = rng.choice(levels, size=rows, p=weights / weights.sum())
         signal += (codes % 3 - 1) * 0.5
-        columns[f"cat_{i:02d}"] = np.array([f"level_{k}" for k in range(levels)], dtype=object)[
-            codes
-        ]
+        columns[f"cat_{i:02d}"] = np.array([f"level_{k}" for k in range(levels)], dtype=object)[codes]
     signal = np.nan_to_num(signal)
     columns["target"] = np.where(
         signal + rng.normal(scale=signal.std(), size=rows) > np.median(signal), "yes", "no"
@@ -157,9 +155,7 @@ def gib(value: float) -> float:
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument(
-        "--sizes", default=None, help="comma-separated row counts (default 100000,300000,1000000)"
-    )
+    p.add_argument("--sizes", default=None, help="comma-separated row counts (default 100000,300000,1000000)")
     p.add_argument("--child", default=None, help=argparse_hidden())
     p.add_argument("--result", default=None, help=argparse_hidden())
     p.add_argument("--train", action="store_true", help=argparse_hidden())
@@ -222,12 +218,10 @@ def main() -> None:
                 ]
             )
         small, large = sizes[0], sizes[-1]
-        time_ratio = median(
-            [r["read_seconds"] + r["prepare_seconds"] for r in found[large]]
-        ) / median([r["read_seconds"] + r["prepare_seconds"] for r in found[small]])
-        peak_ratio = (
-            median([r["peak_rss_bytes"] for r in found[large]]) / found[large][0]["table_bytes"]
+        time_ratio = median([r["read_seconds"] + r["prepare_seconds"] for r in found[large]]) / median(
+            [r["read_seconds"] + r["prepare_seconds"] for r in found[small]]
         )
+        peak_ratio = median([r["peak_rss_bytes"] for r in found[large]]) / found[large][0]["table_bytes"]
         report.section(
             "Prepare time and peak memory",
             f"Median of {repeats} alternating repeats, each in a fresh process. Peak is the "
@@ -256,9 +250,7 @@ def main() -> None:
             f"~{large / small:g} (linear)",
             time_ratio <= 1.5 * large / small,
         )
-        report.headline(
-            f"peak RSS / table size at {large} rows", round(peak_ratio, 2), "info", None
-        )
+        report.headline(f"peak RSS / table size at {large} rows", round(peak_ratio, 2), "info", None)
 
         print(f"\n{large} rows: prepare and train one epoch", flush=True)
         try:

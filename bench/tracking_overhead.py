@@ -46,9 +46,7 @@ def config(uri: str, threads: int, epochs: int, *extra: str) -> Any:
     )
 
 
-def measure_training(
-    report: Report, uri: str, data: str, threads: int, epochs: int, repeats: int
-) -> None:
+def measure_training(report: Report, uri: str, data: str, threads: int, epochs: int, repeats: int) -> None:
     import mlflow
 
     from pipeline import tracking
@@ -71,9 +69,7 @@ def measure_training(
 
     def on() -> float:
         opened = time.perf_counter()
-        with tracking.run_scope(
-            "train", experiment_id, {"stage": "train", "bench": "tracking"}
-        ) as run:
+        with tracking.run_scope("train", experiment_id, {"stage": "train", "bench": "tracking"}) as run:
             buffer = tracking.MetricBuffer(run.info.run_id)
             flushes = 0
             original = buffer.flush
@@ -173,9 +169,7 @@ def measure_stage(report: Report, root: Path, threads: int, epochs: int, repeats
         "versions, the prepared data's artifacts and dataset input, the learning-curve figure and "
         "the model upload (pyfunc with code, signature and input example); a fresh store each time "
         f"so prepare is never a cache hit. Median of {repeats} alternating repeats.\n\n"
-        + markdown_table(
-            ["variant", "invocation seconds", "range", "of which fit", "added seconds"], rows
-        ),
+        + markdown_table(["variant", "invocation seconds", "range", "of which fit", "added seconds"], rows),
     )
     added = median(times["tracking on"]) - median(times["tracking off"])
     report.headline(
@@ -188,9 +182,7 @@ def measure_stage(report: Report, root: Path, threads: int, epochs: int, repeats
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument(
-        "--epochs", type=int, default=None, help="epochs per training (default 60, --quick 20)"
-    )
+    p.add_argument("--epochs", type=int, default=None, help="epochs per training (default 60, --quick 20)")
     p.add_argument(
         "--stage",
         choices=("auto", "yes", "no"),
@@ -223,9 +215,7 @@ def main() -> None:
         if args.stage == "yes" or (args.stage == "auto" and not args.quick):
             measure_stage(report, root, args.threads, epochs, repeats)
         else:
-            report.note(
-                "the whole prepare+train invocation was not timed (--quick; --stage yes times it)"
-            )
+            report.note("the whole prepare+train invocation was not timed (--quick; --stage yes times it)")
     report.note(
         "The ratio times pipeline.stages.train.train (plus the buffer's final flush) inside an "
         "open MLflow run against the same call without tracking; run creation and the model "

@@ -80,9 +80,7 @@ def run_engine(cfg: Any, data: Any, epochs: int, seed: int = 0) -> dict[str, Any
 
     objective = resolve_objective(None, None, data.task)
     result = fit(cfg.train, cfg.model, data, objective, seed, epochs=epochs)
-    assert len(result.history) == epochs, (
-        "the engine stopped early; the comparison needs fixed epochs"
-    )
+    assert len(result.history) == epochs, "the engine stopped early; the comparison needs fixed epochs"
     return {"epoch_seconds": [h["epoch_seconds"] for h in result.history]}
 
 
@@ -101,9 +99,7 @@ def run_hand(cfg: Any, data: Any, epochs: int, seed: int = 0) -> dict[str, Any]:
     y_val = torch.as_tensor(data.y_val, dtype=torch.float32 if binary else torch.long)
     spec = network_spec(cfg.model, data.task, x.shape[1], data.n_classes, None)
     net = build_network(spec)
-    optimizer = torch.optim.AdamW(
-        net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-    )
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
     def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if binary:
@@ -195,12 +191,8 @@ def run_lightning(cfg: Any, data: Any, epochs: int, seed: int = 0) -> dict[str, 
         def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
             epoch_seconds.append(time.perf_counter() - self.started)
 
-    train_loader = DataLoader(
-        TensorDataset(x, y), batch_size=int(cfg.train.batch_size), shuffle=True
-    )
-    val_loader = DataLoader(
-        TensorDataset(x_val, y_val), batch_size=8192
-    )  # like the engine's chunks
+    train_loader = DataLoader(TensorDataset(x, y), batch_size=int(cfg.train.batch_size), shuffle=True)
+    val_loader = DataLoader(TensorDataset(x_val, y_val), batch_size=8192)  # like the engine's chunks
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
@@ -279,9 +271,7 @@ def compare(
         )
 
 
-def growth(
-    report: Report, cfg: Any, sizes: list[int], epochs: dict[int, int], repeats: int
-) -> None:
+def growth(report: Report, cfg: Any, sizes: list[int], epochs: dict[int, int], repeats: int) -> None:
     datasets = {n: synthetic(n, seed=n) for n in sizes}
     variants = {f"{n}": (lambda n=n: run_engine(cfg, datasets[n], epochs[n])) for n in sizes}
     print(f"\nepoch time growth: {', '.join(map(str, sizes))} rows", flush=True)
@@ -351,9 +341,7 @@ def main() -> None:
     with_lightning = lightning_available()
     if not with_lightning:
         print("lightning not installed: pip install -e .[bench]", flush=True)
-        report.note(
-            "lightning not installed (pip install -e .[bench]): the Lightning rows were skipped"
-        )
+        report.note("lightning not installed (pip install -e .[bench]): the Lightning rows were skipped")
 
     table_rows = 20_000 if args.quick else 100_000
     compare(

@@ -82,9 +82,7 @@ def run_search(
     ends = [t.datetime_complete for t in done if t.datetime_complete]
     return {
         "stage_seconds": (run.end_time - run.start_time) / 1000.0,
-        "search_seconds": (max(ends) - min(starts)).total_seconds()
-        if starts and ends
-        else float("nan"),
+        "search_seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else float("nan"),
         "invocation_seconds": invocation,
         "epochs": sum(len(t.intermediate_values) for t in done),
         "trials": len(done),
@@ -141,9 +139,7 @@ def parallel(
         del variants["1 worker x 1 thread"]
     print(f"\nparallelism: {trials} trials x {epochs} epochs on {data}, no pruning", flush=True)
     labels = {name: re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") for name in variants}
-    found = rounds(
-        {labels[n]: {"pruner": "none", **v} for n, v in variants.items()}, repeats, root, common
-    )
+    found = rounds({labels[n]: {"pruner": "none", **v} for n, v in variants.items()}, repeats, root, common)
     rows, rate = [], {}
     for name in variants:
         runs = found[labels[name]]
@@ -200,16 +196,10 @@ def parallel(
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument(
-        "--trials", type=int, default=None, help="trials per search (default 16, --quick 6)"
-    )
-    p.add_argument(
-        "--epochs", type=int, default=None, help="epoch budget per trial (default 20, --quick 5)"
-    )
+    p.add_argument("--trials", type=int, default=None, help="trials per search (default 16, --quick 6)")
+    p.add_argument("--epochs", type=int, default=None, help="epoch budget per trial (default 20, --quick 5)")
     p.add_argument("--data", default=None, help="data set (default digits, --quick breast_cancer)")
-    p.add_argument(
-        "--skip", choices=("pruning", "parallel"), default=None, help="leave one part out"
-    )
+    p.add_argument("--skip", choices=("pruning", "parallel"), default=None, help="leave one part out")
     args = p.parse_args()
     quiet(mlflow=True)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -306,9 +296,7 @@ def main() -> None:
         if args.skip != "parallel":
             parallel(report, root, common, trials, epochs, data, repeats, cores, args.quick)
     if repeats < 3:
-        report.note(
-            f"only {repeats} repeat(s) per configuration (--quick): times are indicative only"
-        )
+        report.note(f"only {repeats} repeat(s) per configuration: times are indicative only")
     report.write()
 
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import tracking
@@ -80,6 +79,7 @@ class _Context:
         self.cfg, self.result, self.data_digest = cfg, result, data_digest
         self.config_digest, self.store_dir, self.progress = config_digest, store_dir, progress
         self.tracking = bool(cfg.tracking.enabled)
+        self.inspected: Any = None  # (frame, inspection) of the source table, checked once
 
     def filters(self, stage: str) -> dict[str, str]:
         found = {"data.digest": self.data_digest}
@@ -135,7 +135,7 @@ class _Context:
 def _run_prepare(ctx: _Context, table: Any) -> None:
     cfg = ctx.cfg
     if not ctx.tracking:
-        ctx.result.outputs["prepare"] = prepare(cfg, table)
+        ctx.result.outputs["prepare"] = prepare(cfg, table, ctx.inspected)
         return
     import mlflow
 
@@ -154,7 +154,7 @@ def _run_prepare(ctx: _Context, table: Any) -> None:
             mlflow.set_tags({"reused.run": source, "prepare.cache": "hit"})
             say(f"prepare: reusing run {source} (same data and settings; prepare.force=true recomputes)")
         else:
-            prepared = prepare(cfg, table)
+            prepared = prepare(cfg, table, ctx.inspected)
             tracking.save_outputs(run_id, prepared)
             frame = prepared.frames["train"].copy()
             frame[prepared.target] = prepared.preprocessing.decode(prepared.targets["train"])
@@ -322,8 +322,10 @@ def _run_train(ctx: _Context) -> None:
                 if trained.params_source == "tune"
                 else "config",
                 "device": trained.device,
+                "threads": trained.threads,
             },
         )
+        tracking.log_values(ctx.result.parent_run_id, tags={"threads": trained.threads})
         tracking.save_outputs(run_id, trained)
         tracking.log_figures(
             run_id,
@@ -440,22 +442,16 @@ def _run_register(ctx: _Context, git: dict[str, str]) -> None:
     ctx.result.run_ids["register"] = run.info.run_id
 
 
-def set_threads(cfg: DictConfig) -> int:
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
-    return torch.get_num_threads()
-
-
 def run_pipeline(cfg: DictConfig, progress: bool = False) -> PipelineResult:
     """Validate the config, then run the chosen stages; errors end every open run FAILED or KILLED."""
     started = time.perf_counter()
     validate(cfg)
     stages = [s for s in STAGES if s in cfg.stages]
-    threads = set_threads(cfg)
     table = read_source(cfg.data)
     from pipeline.data import inspect as inspect_table
 
-    _, inspection = inspect_table(table, cfg.data)  # the task decides the objective before any stage
+    inspected = inspect_table(table, cfg.data)  # the task decides the objective before any stage
+    inspection = inspected[1]
     objective = resolve_objective(cfg.objective.metric, cfg.objective.direction, inspection.task)
     result = PipelineResult(stages=stages, objective=objective)
     data_digest = prepared_digest(table.source_digest, cfg)
@@ -470,6 +466,7 @@ def run_pipeline(cfg: DictConfig, progress: bool = False) -> PipelineResult:
         ui = uri if uri.startswith(("http://", "https://")) else cfg.tracking.ui_url
         result.link = tracking.runs_table_link(ui, result.experiment_id)
     ctx = _Context(cfg, result, data_digest, config_digest(cfg), store_dir, progress)
+    ctx.inspected = inspected
     if not ctx.tracking:
         for stage in stages:
             if stage == "prepare":
@@ -492,7 +489,7 @@ def run_pipeline(cfg: DictConfig, progress: bool = False) -> PipelineResult:
         "git.commit": git["commit"],
         "git.dirty": git["dirty"],
         "seed": str(cfg.seed),
-        "threads": str(threads),
+        "threads": str(cfg.train.threads or "auto"),  # the train stage records the count it used
         "objective": f"{objective.metric}/{objective.direction}",
         **tracking.process_tags(),
     }
@@ -510,7 +507,6 @@ def run_pipeline(cfg: DictConfig, progress: bool = False) -> PipelineResult:
             params={f"version.{k}": v for k, v in tracking.package_versions().items()}
             | {
                 "seed": cfg.seed,
-                "threads": threads,
                 "data.name": cfg.data.name,
                 "model.name": cfg.model.name,
                 "objective": objective.metric,

@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,8 @@ from pipeline.metrics import Objective
 from pipeline.models import ImageAugmentation, NetworkSpec, build_network, network_spec
 
 EVAL_CHUNK = 8192
+SMALL_DATA_ROWS = 20_000
+DEFAULT_THREADS = torch.get_num_threads()
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -51,7 +53,7 @@ class TrainingResult:
     stopped_early: bool
     seconds: float
     device: str
-    extras: dict[str, Any] = field(default_factory=dict)
+    threads: int = 1
 
 
 def seed_everything(seed: int) -> None:
@@ -72,6 +74,14 @@ def select_device(requested: str) -> torch.device:
             f"train.device={requested} is not available on this machine; use train.device=auto or cpu"
         )
     return torch.device(requested)
+
+
+def thread_count(configured: int | None, n_rows: int) -> int:
+    """`train.threads`, else one thread for small data (where intra-op threads cost more than
+    they give, and collapse when another process shares the cores), else torch's default."""
+    if configured:
+        return int(configured)
+    return 1 if n_rows < SMALL_DATA_ROWS else DEFAULT_THREADS
 
 
 def _tensor(x: Any, device: torch.device) -> torch.Tensor:
@@ -167,8 +177,8 @@ def fit(
 ) -> TrainingResult:
     """Train a network on `data` and return it with the weights of its best validation epoch."""
     started = time.perf_counter()
-    if train_cfg.threads:
-        torch.set_num_threads(int(train_cfg.threads))
+    threads = thread_count(train_cfg.threads, int(data.x_train.shape[0]))
+    torch.set_num_threads(threads)
     seed_everything(seed)
     device = select_device(train_cfg.device)
     epochs = int(epochs or train_cfg.epochs)
@@ -190,11 +200,11 @@ def fit(
             (data.y_val - target_scaling[0]) / target_scaling[1], dtype=torch.float32, device=device
         )
     elif data.task == "binary":
-        y_train = torch.as_tensor(data.y_train, dtype=torch.float32, device=device)
-        y_val = torch.as_tensor(data.y_val, dtype=torch.float32, device=device)
+        y_train = torch.tensor(data.y_train, dtype=torch.float32, device=device)
+        y_val = torch.tensor(data.y_val, dtype=torch.float32, device=device)
     else:
-        y_train = torch.as_tensor(data.y_train, dtype=torch.long, device=device)
-        y_val = torch.as_tensor(data.y_val, dtype=torch.long, device=device)
+        y_train = torch.tensor(data.y_train, dtype=torch.long, device=device)
+        y_val = torch.tensor(data.y_val, dtype=torch.long, device=device)
 
     loss_fn = _loss_fn(data.task, train_cfg, data.y_train, data.n_classes, device)
     optimizer = _make_optimizer(network.parameters(), train_cfg)
@@ -315,4 +325,5 @@ def fit(
         stopped_early=stopped_early,
         seconds=time.perf_counter() - started,
         device=str(device),
+        threads=threads,
     )

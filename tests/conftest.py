@@ -46,7 +46,7 @@ def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def store(tmp_path: Path, migrated_db: Path) -> str:
     """A fresh SQLite tracking store in a temp dir (artifacts and studies live beside it)."""
     path = tmp_path / "store" / "mlflow.db"
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(migrated_db, path)
     uri = f"sqlite:///{path}"
     yield uri

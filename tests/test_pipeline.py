@@ -173,7 +173,7 @@ def test_cli_runs_every_stage_and_records_them(run_cli, store):
 @pytest.mark.slow
 def test_sigterm_ends_open_runs_killed(store, tmp_path):
     db = _db_path(store)
-    db.parent.mkdir(parents=True)
+    db.parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=store)
     client.search_experiments()  # create the store's schema here, before the child process uses it
     args = [

@@ -116,10 +116,12 @@ def prepared_digest(source_digest: str, cfg: DictConfig) -> str:
     return config_digest({"source": source_digest, **data_settings(cfg)})
 
 
-def prepare(cfg: DictConfig, table: Table | None = None) -> PreparedData:
-    """Read (unless given), check, split and fit preprocessing on the training split."""
+def prepare(
+    cfg: DictConfig, table: Table | None = None, inspected: tuple[pd.DataFrame, Any] | None = None
+) -> PreparedData:
+    """Read and check (unless already done), split, and fit preprocessing on the training split."""
     table = table or read_source(cfg.data)
-    frame, inspection = inspect(table, cfg.data)
+    frame, inspection = inspected or inspect(table, cfg.data)
     target = frame[table.target]
     task = inspection.task
     split_cfg = cfg.data.split

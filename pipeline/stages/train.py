@@ -33,6 +33,7 @@ class TrainedModel:
     applied_values: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     device: str = "cpu"
+    threads: int = 1
 
     @property
     def parameter_count(self) -> int:
@@ -59,6 +60,7 @@ class TrainedModel:
             "applied_values": self.applied_values,
             "seconds": self.seconds,
             "device": self.device,
+            "threads": self.threads,
         }
         (directory / "trained.json").write_text(json.dumps(meta, indent=2))
 
@@ -108,4 +110,5 @@ def train(
         applied_values=values,
         seconds=result.seconds,
         device=result.device,
+        threads=result.threads,
     )

@@ -507,6 +507,7 @@ def _worker_main(
 
         mlflow.set_tracking_uri(tracking_uri)
     cfg = OmegaConf.create(cfg_container)
+    cfg.train.threads = threads  # this worker's fair share of the cores, whatever was configured
     study = load_study(settings, worker)
     dimensions = parse_space(OmegaConf.to_container(cfg.tune.space, resolve=True))
     ctx = TrialContext(
