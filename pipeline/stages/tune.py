@@ -6,6 +6,7 @@ workers on other machines, through a database) share it."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import multiprocessing
@@ -212,16 +213,6 @@ def retry_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         log.warning("trial %d was left running by a dead process: retrying it", trial.number)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def reap_stale_trials(study: optuna.Study, heartbeat_seconds: int) -> int:
     """Fail RUNNING trials whose process is gone (same host) or whose heartbeat stopped."""
     storage = study._storage
@@ -229,6 +220,8 @@ def reap_stale_trials(study: optuna.Study, heartbeat_seconds: int) -> int:
         before = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
         optuna.storages.fail_stale_trials(study)
         return len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - before
+    from pipeline.tracking import process_alive
+
     host, now, reaped = socket.gethostname(), time.time(), 0
     grace = max(60.0, 6.0 * heartbeat_seconds)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -238,7 +231,7 @@ def reap_stale_trials(study: optuna.Study, heartbeat_seconds: int) -> int:
             started = trial.datetime_start.timestamp() if trial.datetime_start else now
             dead = now - started > grace
         else:
-            dead = (attrs.get("host") == host and not _process_alive(int(attrs["pid"]))) or (
+            dead = (attrs.get("host") == host and not process_alive(int(attrs["pid"]))) or (
                 now - float(attrs.get("heartbeat", now)) > grace
             )
         if not dead:
@@ -485,17 +478,12 @@ def work(
 
 def _worker_main(
     settings: StudySettings,
-    cfg_container: dict,
-    data: Any,
-    objective: Objective,
+    ctx: TrialContext,
     worker: int,
     threads: int,
     tracking_uri: str | None,
-    experiment_id: str | None,
-    tune_run_id: str | None,
     n_trials: int,
     deadline: float | None,
-    since: int = 0,
 ) -> None:
     """Entry point of a spawned worker process."""
     import torch
@@ -506,22 +494,8 @@ def _worker_main(
         import mlflow
 
         mlflow.set_tracking_uri(tracking_uri)
-    cfg = OmegaConf.create(cfg_container)
-    cfg.train.threads = threads  # this worker's fair share of the cores, whatever was configured
-    study = load_study(settings, worker)
-    dimensions = parse_space(OmegaConf.to_container(cfg.tune.space, resolve=True))
-    ctx = TrialContext(
-        cfg,
-        data,
-        objective,
-        dimensions,
-        settings.epochs,
-        settings.heartbeat_seconds,
-        experiment_id,
-        tune_run_id,
-        since,
-    )
-    work(study, ctx, n_trials, deadline)
+    ctx.cfg.train.threads = threads  # this worker's fair share of the cores, whatever was configured
+    work(load_study(settings, worker), ctx, n_trials, deadline)
 
 
 def tune(
@@ -570,19 +544,7 @@ def tune(
         if n_jobs == 1:
             work(study, ctx, n_trials, deadline, show)
         else:
-            _run_workers(
-                cfg,
-                data,
-                objective,
-                settings,
-                experiment_id,
-                tune_run_id,
-                n_trials,
-                n_jobs,
-                deadline,
-                show,
-                since,
-            )
+            _run_workers(ctx, settings, n_trials, n_jobs, deadline, show)
             # finish here what dead workers left undone (their trials were reaped and re-queued)
             work(study, ctx, n_trials, deadline, show)
     finally:
@@ -595,41 +557,22 @@ def tune(
 
 
 def _run_workers(
-    cfg: DictConfig,
-    data: Any,
-    objective: Objective,
+    ctx: TrialContext,
     settings: StudySettings,
-    experiment_id: str | None,
-    tune_run_id: str | None,
     n_trials: int,
     n_jobs: int,
     deadline: float | None,
     show: Any,
-    since: int = 0,
 ) -> None:
     import mlflow
 
-    threads = max(1, (cfg.train.threads or os.cpu_count() or 1) // n_jobs)
+    threads = max(1, (ctx.cfg.train.threads or os.cpu_count() or 1) // n_jobs)
     context = multiprocessing.get_context("spawn")
-    container = OmegaConf.to_container(cfg, resolve=True)
-    uri = mlflow.get_tracking_uri() if tune_run_id else None
+    uri = mlflow.get_tracking_uri() if ctx.tune_run_id else None
     workers = [
         context.Process(
             target=_worker_main,
-            args=(
-                settings,
-                container,
-                data,
-                objective,
-                i,
-                threads,
-                uri,
-                experiment_id,
-                tune_run_id,
-                n_trials,
-                deadline,
-                since,
-            ),
+            args=(settings, copy.deepcopy(ctx), i, threads, uri, n_trials, deadline),
             daemon=True,
         )
         for i in range(n_jobs)
@@ -639,7 +582,7 @@ def _run_workers(
     study = load_study(settings)
     try:
         while any(p.is_alive() for p in workers):
-            show(census(study, since))
+            show(census(study, ctx.since))
             time.sleep(0.5)
     except KeyboardInterrupt:
         for process in workers:
