@@ -544,7 +544,7 @@ def tune(
         if n_jobs == 1:
             work(study, ctx, n_trials, deadline, show)
         else:
-            _run_workers(ctx, settings, n_trials, n_jobs, deadline, show)
+            _run_workers(study, ctx, settings, n_trials, n_jobs, deadline, show)
             # finish here what dead workers left undone (their trials were reaped and re-queued)
             work(study, ctx, n_trials, deadline, show)
     finally:
@@ -557,6 +557,7 @@ def tune(
 
 
 def _run_workers(
+    study: optuna.Study,
     ctx: TrialContext,
     settings: StudySettings,
     n_trials: int,
@@ -564,6 +565,8 @@ def _run_workers(
     deadline: float | None,
     show: Any,
 ) -> None:
+    """This process is worker 0; `n_jobs - 1` spawned processes join it, each with a fair share
+    of the cores (so no process waits for another to start before trials run)."""
     import mlflow
 
     threads = max(1, (ctx.cfg.train.threads or os.cpu_count() or 1) // n_jobs)
@@ -575,12 +578,14 @@ def _run_workers(
             args=(settings, copy.deepcopy(ctx), i, threads, uri, n_trials, deadline),
             daemon=True,
         )
-        for i in range(n_jobs)
+        for i in range(1, n_jobs)
     ]
     for process in workers:
         process.start()
-    study = load_study(settings)
+    own = copy.deepcopy(ctx)
+    own.cfg.train.threads = threads
     try:
+        work(study, own, n_trials, deadline, show)
         while any(p.is_alive() for p in workers):
             show(census(study, ctx.since))
             time.sleep(0.5)
