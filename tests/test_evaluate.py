@@ -296,3 +296,9 @@ def test_evaluation_save_round_trips_without_copying_figures(tmp_path):
     plt.close("all")
     loaded = Evaluation.load(tmp_path)
     assert loaded.figures == {} and loaded.metrics == {"accuracy": 0.9} and loaded.interval == [0.05, 0.15]
+
+
+def test_verdict_names_regression_baselines_as_such():
+    line = verdict_line("rmse", "linear", 0.5, [-1.0, 2.0])
+    assert line.startswith("the network and linear regression are within noise")
+    assert "predicting the mean is better" in verdict_line("rmse", "dummy", -3.0, [-5.0, -1.0])

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from scipy import sparse
 
 from pipeline import plots
-from pipeline.metrics import Objective, task_metrics
+from pipeline.metrics import METRICS, Objective, task_metrics
 from pipeline.predictor import Predictor
 from pipeline.stages.prepare import PreparedData
 
@@ -170,6 +170,8 @@ def bootstrap_difference(
 
 def verdict_line(metric: str, baseline: str, difference: float, interval: list[float]) -> str:
     title = BASELINE_TITLES.get(baseline, baseline)
+    if METRICS[metric].tasks == ("regression",):
+        title = {"dummy": "predicting the mean", "linear": "linear regression"}.get(baseline, title)
     low, high = interval
     if low > 0:
         return (
