@@ -18,7 +18,7 @@ import time
 
 from bench.common import RESULTS, ROOT, fmt, markdown_table, verdict
 
-BENCHMARKS = ("training_speed", "tracking_overhead", "tuning", "table_scale", "serving")
+BENCHMARKS = ("training_speed", "tracking_overhead", "tuning", "table_scale", "serving", "postgres_workers")
 
 
 def main(argv: list[str] | None = None) -> int:
