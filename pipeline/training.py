@@ -227,6 +227,9 @@ def fit(
     n_rows, batch_size = x_train.shape[0], int(train_cfg.batch_size)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     patience, min_delta = train_cfg.early_stopping.patience, train_cfg.early_stopping.min_delta
+    # plain locals: config lookups cost microseconds each, and the batch loop is the hot path
+    grad_clip, warmup, schedule = float(train_cfg.grad_clip), int(train_cfg.warmup_epochs), train_cfg.schedule
+    parameters = list(network.parameters())
     best_score, best_epoch, best_state, waited = objective.worst(), -1, None, 0
     best_val_loss = math.inf
     history: list[dict[str, float]] = []
@@ -240,7 +243,7 @@ def fit(
     for epoch in range(epochs):
         epoch_started = time.perf_counter()
         if plateau is None:
-            factor = _lr_factor(epoch, epochs, train_cfg.warmup_epochs, train_cfg.schedule)
+            factor = _lr_factor(epoch, epochs, warmup, schedule)
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * factor
         model.train()
@@ -255,8 +258,8 @@ def fit(
                 loss = loss_fn(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if train_cfg.grad_clip:
-                nn.utils.clip_grad_norm_(network.parameters(), train_cfg.grad_clip)
+            if grad_clip:
+                nn.utils.clip_grad_norm_(parameters, grad_clip)
             optimizer.step()
             loss_sum += loss.detach() * len(index)
         train_loss = float(loss_sum) / n_rows
