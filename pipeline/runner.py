@@ -79,7 +79,9 @@ class _Context:
         self.cfg, self.result, self.data_digest = cfg, result, data_digest
         self.config_digest, self.store_dir, self.progress = config_digest, store_dir, progress
         self.tracking = bool(cfg.tracking.enabled)
+        self.table: Any = None  # the source table, read once
         self.inspected: Any = None  # (frame, inspection) of the source table, checked once
+        self.git: dict[str, str] = {}
 
     def filters(self, stage: str) -> dict[str, str]:
         found = {"data.digest": self.data_digest}
@@ -132,7 +134,8 @@ class _Context:
         return tags
 
 
-def _run_prepare(ctx: _Context, table: Any) -> None:
+def _run_prepare(ctx: _Context) -> None:
+    table = ctx.table
     cfg = ctx.cfg
     if not ctx.tracking:
         ctx.result.outputs["prepare"] = prepare(cfg, table, ctx.inspected)
@@ -396,7 +399,8 @@ def _run_evaluate(ctx: _Context) -> None:
     ctx.result.run_ids["evaluate"] = run_id
 
 
-def _run_register(ctx: _Context, git: dict[str, str]) -> None:
+def _run_register(ctx: _Context) -> None:
+    git = ctx.git
     from mlflow.tracking import MlflowClient
 
     cfg = ctx.cfg
@@ -442,6 +446,15 @@ def _run_register(ctx: _Context, git: dict[str, str]) -> None:
     ctx.result.run_ids["register"] = run.info.run_id
 
 
+STAGE_RUNNERS = {
+    "prepare": _run_prepare,
+    "tune": _run_tune,
+    "train": _run_train,
+    "evaluate": _run_evaluate,
+    "register": _run_register,
+}
+
+
 def run_pipeline(cfg: DictConfig, progress: bool = False) -> PipelineResult:
     """Validate the config, then run the chosen stages; errors end every open run FAILED or KILLED."""
     started = time.perf_counter()
@@ -466,18 +479,15 @@ def run_pipeline(cfg: DictConfig, progress: bool = False) -> PipelineResult:
         ui = uri if uri.startswith(("http://", "https://")) else cfg.tracking.ui_url
         result.link = tracking.runs_table_link(ui, result.experiment_id)
     ctx = _Context(cfg, result, data_digest, config_digest(cfg), store_dir, progress)
-    ctx.inspected = inspected
+    ctx.table, ctx.inspected = table, inspected
     if not ctx.tracking:
         for stage in stages:
-            if stage == "prepare":
-                _run_prepare(ctx, table)
-            else:
-                {"tune": _run_tune, "train": _run_train, "evaluate": _run_evaluate}[stage](ctx)
+            STAGE_RUNNERS[stage](ctx)
         result.seconds = time.perf_counter() - started
         return result
 
     tracking.reset_fluent_state()
-    git = tracking.git_state()
+    git = ctx.git = tracking.git_state()
     name = "pipeline" if stages == list(STAGES) else "+".join(stages)
     parent_tags = {
         "stage": "pipeline",
@@ -514,12 +524,7 @@ def run_pipeline(cfg: DictConfig, progress: bool = False) -> PipelineResult:
             tags={"data.task": inspection.task},
         )
         for stage in stages:
-            if stage == "prepare":
-                _run_prepare(ctx, table)
-            elif stage == "register":
-                _run_register(ctx, git)
-            else:
-                {"tune": _run_tune, "train": _run_train, "evaluate": _run_evaluate}[stage](ctx)
+            STAGE_RUNNERS[stage](ctx)
         _log_parent_summary(ctx)
     result.seconds = time.perf_counter() - started
     return result

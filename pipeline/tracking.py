@@ -4,7 +4,6 @@ records to be repeatable (git state, package versions, the resolved config with 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -340,10 +339,6 @@ def package_versions() -> dict[str, str]:
 def runs_table_link(ui_url: str, experiment_id: str) -> str:
     """A link that opens the runs table (the UI otherwise opens experiments in its GenAI view)."""
     return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
-
-
-def write_json(values: Any) -> str:
-    return json.dumps(mask_values(values), indent=2, default=str)
 
 
 def end_runs_of_dead_process(pid: int, host: str, experiment_ids: list[str] | None = None) -> list[str]:
