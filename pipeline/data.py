@@ -21,6 +21,7 @@ IMAGE_SHAPES = {"digits": (1, 8, 8)}
 ID_NAME = re.compile(r"(^id$|_id$|^id_|uuid|guid|^index$|^unnamed: ?0$)", re.IGNORECASE)
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 LEAK_CHECK_ROWS = 20_000
+MISSING_LEVEL = "(missing)"  # the level a missing categorical value is imputed with
 
 
 @dataclass
@@ -111,7 +112,7 @@ def read_table(
         )
     try:
         if fmt == "parquet":
-            frame = pd.read_parquet(file)
+            frame = _read_parquet(file)
         else:
             encodings = [encoding] if encoding else ["utf-8-sig", "latin-1"]  # -sig: drop a BOM
             for i, enc in enumerate(encodings):
@@ -132,6 +133,17 @@ def read_table(
         raise DataError(f"data.path={path!r} could not be read as {fmt}: {first}") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     return Table(frame, target, str(file), file_digest(file))
+
+
+def _read_parquet(file: Path) -> pd.DataFrame:
+    """A Parquet file as a frame, costing about the table's own size: self_destruct frees each
+    Arrow column once converted, split_blocks keeps numeric columns zero-copy, and the Arrow pool
+    hands back the pages that decoding left behind (otherwise held until the process ends)."""
+    import pyarrow as pa
+
+    frame = pd.read_parquet(file, to_pandas_kwargs={"self_destruct": True, "split_blocks": True})
+    pa.default_memory_pool().release_unused()
+    return frame
 
 
 def _label(value: Any) -> str:
@@ -206,31 +218,52 @@ def _column_type(series: pd.Series, int_max_levels: int) -> str:
 
 def coerce_features(frame: pd.DataFrame, column_types: dict[str, str]) -> pd.DataFrame:
     """The one raw-to-model coercion used in prepare and at predict time: numeric columns become
-    float64 (NaN for missing), categorical ones text (NaN for missing)."""
+    float64 (NaN for missing, imputed by the preprocessing), categorical ones a pandas
+    Categorical of text labels (missing imputed as MISSING_LEVEL). Float64 columns are passed through, not copied, and categories hold each label
+    once, so the coerced frame of a large table costs little beyond the table itself."""
     out = {}
     for column, kind in column_types.items():
         series = frame[column]
         if kind == NUMERIC:
-            out[column] = pd.to_numeric(series, errors="coerce").astype("float64")
+            out[column] = (
+                series
+                if series.dtype == "float64"
+                else pd.to_numeric(series, errors="coerce").astype("float64")
+            )
         else:
-            missing = series.isna()
-            text = series.astype(str).astype(object)
-            text[missing.to_numpy()] = np.nan
-            out[column] = text
-    return pd.DataFrame(out, index=frame.index)
+            out[column] = _text_categories(series)
+    return pd.DataFrame(out, index=frame.index, copy=False)
+
+
+def _text_categories(series: pd.Series) -> pd.Series:
+    """A column as categories labelled by the text of its values (3 -> '3', True -> 'True'), a
+    missing value imputed as its own level, MISSING_LEVEL."""
+    codes, levels = pd.factorize(series, use_na_sentinel=True)
+    labels = [str(v) for v in levels]
+    if len(set(labels)) < len(labels):  # two values with one text (3 and '3'): merge them by it
+        return _text_categories(series.astype(str).where(series.notna()))
+    if (codes < 0).any():
+        codes = np.where(codes < 0, len(labels), codes)
+        labels.append(MISSING_LEVEL)
+    categories = pd.Index(labels, dtype=object)
+    return pd.Series(
+        pd.Categorical.from_codes(codes, categories=categories), index=series.index, name=series.name
+    )
 
 
 def _predicts_perfectly(feature: pd.Series, target: pd.Series, task: str) -> bool:
     """A leak check: does this one column alone determine the target?"""
+    if len(feature) > LEAK_CHECK_ROWS:  # a sample decides as well and keeps large tables fast
+        rows = np.random.default_rng(0).choice(len(feature), size=LEAK_CHECK_ROWS, replace=False)
+        feature, target = feature.iloc[rows], target.iloc[rows]
     both = pd.DataFrame({"x": feature, "y": target}).dropna()
     if len(both) < 10:
         return False
-    if len(both) > LEAK_CHECK_ROWS:  # a sample decides as well and keeps large tables fast
-        both = both.sample(n=LEAK_CHECK_ROWS, random_state=0)
-    if pd.api.types.is_numeric_dtype(both["x"]) and pd.api.types.is_numeric_dtype(both["y"]):
+    numbers = pd.api.types.is_numeric_dtype(both["x"]), pd.api.types.is_numeric_dtype(both["y"])
+    if all(numbers):
         if np.array_equal(both["x"].to_numpy(float), both["y"].to_numpy(float)):
             return True
-    elif both["x"].astype(str).equals(both["y"].astype(str)):
+    elif not any(numbers) and both["x"].astype(str).equals(both["y"].astype(str)):
         return True
     levels = both["x"].nunique()
     # each level must cover several rows, or any unique-ish column would "predict" perfectly

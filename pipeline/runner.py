@@ -159,7 +159,7 @@ def _run_prepare(ctx: _Context) -> None:
         else:
             prepared = prepare(cfg, table, ctx.inspected)
             tracking.save_outputs(run_id, prepared)
-            frame = prepared.frames["train"].copy()
+            frame = prepared.frames["train"]
             frame[prepared.target] = prepared.preprocessing.decode(prepared.targets["train"])
             mlflow.log_input(
                 mlflow.data.from_pandas(
@@ -301,8 +301,10 @@ def _run_train(ctx: _Context) -> None:
     ) as run:
         run_id = run.info.run_id
         buffer = tracking.MetricBuffer(run_id)
-        trained = train(cfg, prepared, objective, tuned, on_epoch=buffer.add, progress=ctx.progress)
-        buffer.flush()
+        try:
+            trained = train(cfg, prepared, objective, tuned, on_epoch=buffer.add, progress=ctx.progress)
+        finally:
+            buffer.flush()  # every epoch's metrics are in the store before the run ends
         network = trained.network()
         resolved = OmegaConf.to_container(cfg.train, resolve=True)
         assert isinstance(resolved, dict)

@@ -41,7 +41,8 @@ def split_rows(
     """Positional row indices of each split."""
     rows = np.arange(len(frame))
     if strategy in ("random", "stratified"):
-        stratify = target.to_numpy() if strategy == "stratified" else None
+        # sorted integer codes stratify exactly as the labels do, without comparing strings
+        stratify = pd.factorize(target, sort=True)[0] if strategy == "stratified" else None
         rest, test = train_test_split(rows, test_size=test_size, random_state=seed, stratify=stratify)
         inner = stratify[rest] if stratify is not None else None
         train, val = train_test_split(
@@ -92,7 +93,8 @@ def _cut(changes: np.ndarray, wanted: int, below: int, time: str | None) -> int:
     return int(usable[np.argmin(np.abs(usable - wanted))])
 
 
-def split_digest(frame: pd.DataFrame, index: np.ndarray) -> str:
-    """A digest of a split's rows, so two runs can be shown to have used the same rows."""
-    hashed = pd.util.hash_pandas_object(frame.iloc[index], index=False).to_numpy()
-    return hashlib.sha256(hashed.tobytes()).hexdigest()[:16]
+def split_digests(frame: pd.DataFrame, index: dict[str, np.ndarray]) -> dict[str, str]:
+    """A digest of each split's rows, so two runs can be shown to have used the same rows. Rows
+    are hashed once for the whole frame; a split's digest covers its rows' hashes."""
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return {name: hashlib.sha256(hashed[rows].tobytes()).hexdigest()[:16] for name, rows in index.items()}

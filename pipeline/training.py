@@ -4,7 +4,6 @@ restores the best weights, seeding, divergence checks), and predictions in the d
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -230,6 +229,9 @@ def fit(
     # plain locals: config lookups cost microseconds each, and the batch loop is the hot path
     grad_clip, warmup, schedule = float(train_cfg.grad_clip), int(train_cfg.warmup_epochs), train_cfg.schedule
     parameters = list(network.parameters())
+    # each batch's share of the epoch's rows (the last batch may be short)
+    batch_sizes = [min(batch_size, n_rows - start) for start in range(0, n_rows, batch_size)]
+    batch_weights = torch.tensor(batch_sizes, dtype=torch.float32, device=device) / n_rows
     best_score, best_epoch, best_state, waited = objective.worst(), -1, None, 0
     best_val_loss = math.inf
     history: list[dict[str, float]] = []
@@ -248,7 +250,7 @@ def fit(
                 group["lr"] = base * factor
         model.train()
         order = torch.randperm(n_rows, generator=shuffle_generator).to(device)
-        loss_sum = torch.zeros((), device=device)
+        batch_losses = []
         for start in range(0, n_rows, batch_size):
             index = order[start : start + batch_size]
             xb, yb = x_train[index], y_train[index]
@@ -261,8 +263,8 @@ def fit(
             if grad_clip:
                 nn.utils.clip_grad_norm_(parameters, grad_clip)
             optimizer.step()
-            loss_sum += loss.detach() * len(index)
-        train_loss = float(loss_sum) / n_rows
+            batch_losses.append(loss.detach())  # summed once per epoch, not per batch
+        train_loss = float(torch.stack(batch_losses) @ batch_weights)
         if not math.isfinite(train_loss):
             if bar is not None:
                 bar.close()
@@ -296,7 +298,7 @@ def fit(
         tie_better = gain == 0 and val_loss < best_val_loss
         if math.isfinite(score) and (best_epoch < 0 or (gain > 0 and gain >= min_delta) or tie_better):
             best_score, best_epoch, best_val_loss, waited = score, epoch, val_loss, 0
-            best_state = copy.deepcopy(network.state_dict())
+            best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
         else:
             waited += 1
         if bar is not None:

@@ -216,18 +216,89 @@ def test_preprocessing_is_fitted_on_the_training_rows_only(make_cfg, tmp_path):
     path = write_csv(messy_table(), tmp_path / "rows.csv")
     prepared = prepare(make_cfg("data=table", f"data.path={path}", "data.target=label"))
     numeric = prepared.preprocessing.transformer.named_transformers_["numeric"]
-    imputer, scaler = numeric.steps[0][1], numeric.steps[1][1]
     train = prepared.frames["train"][["x1", "x2", "visits", "income"]]
     everything = pd.concat([prepared.frames[s] for s in ("train", "val", "test")])[train.columns]
-    np.testing.assert_allclose(imputer.statistics_, train.median().to_numpy())
-    assert not np.allclose(imputer.statistics_, everything.median().to_numpy())
-    np.testing.assert_allclose(scaler.mean_, train.fillna(train.median()).mean().to_numpy())
+    np.testing.assert_allclose(numeric.median_, train.median().to_numpy())
+    assert not np.allclose(numeric.median_, everything.median().to_numpy())
+    np.testing.assert_allclose(numeric.mean_, train.fillna(train.median()).mean().to_numpy())
     # unseen and missing categories do not break the transform
     raw = prepared.frames["test"].head(2).copy()
     raw.loc[raw.index[0], "color"] = "never seen"
     raw.loc[raw.index[1], ["color", "x2"]] = [None, np.nan]
     features = prepared.preprocessing.transform(raw)
     assert features.shape == (2, prepared.features["train"].shape[1]) and np.isfinite(features).all()
+
+
+def test_median_standardizer_matches_imputer_and_scaler():
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pipeline.preprocessing import MedianStandardizer
+
+    rng = np.random.default_rng(3)
+    train = pd.DataFrame({"a": rng.normal(5, 2, 500), "b": rng.exponential(3, 500), "c": 7.0})
+    train.loc[rng.random(500) < 0.2, "a"] = np.nan
+    new = train.sample(50, random_state=1).assign(b=np.nan)
+    ours = MedianStandardizer().fit(train)
+    sklearn_pair = make_pipeline(SimpleImputer(strategy="median"), StandardScaler()).fit(train)
+    for frame in (train, new):
+        got = ours.transform(frame)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, sklearn_pair.transform(frame), rtol=1e-5, atol=1e-5)
+    assert list(ours.get_feature_names_out()) == ["a", "b", "c"]
+    empty = MedianStandardizer().fit(pd.DataFrame({"a": [np.nan] * 4}))
+    np.testing.assert_array_equal(empty.transform(pd.DataFrame({"a": [1.0, np.nan]})), [[1.0], [0.0]])
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_chunked_transform_equals_one_pass(wide, monkeypatch):
+    """Features computed a chunk at a time (dense or sparse) equal the transformer's own output."""
+    from scipy import sparse
+    from sklearn.compose import ColumnTransformer
+
+    from pipeline import preprocessing
+    from pipeline.data import CATEGORICAL, NUMERIC, coerce_features
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    levels = np.array([f"level_{i}" for i in range(300 if wide else 6)], dtype=object)
+    frame = pd.DataFrame({"x": rng.normal(size=n), "color": levels[rng.integers(0, len(levels), n)]})
+    frame.loc[rng.random(n) < 0.1, "color"] = None
+    types = {"x": NUMERIC, "color": CATEGORICAL}
+    fitted = preprocessing.build_preprocessor(types, image=False, rare_level_min_count=2)
+    fitted.fit(coerce_features(frame, types))
+    reference = ColumnTransformer(fitted.transformers, sparse_threshold=0.3, verbose_feature_names_out=False)
+    expected = reference.fit(coerce_features(frame, types)).transform(coerce_features(frame, types))
+    prep = preprocessing.Preprocessing(fitted, types, None, sparse_above=200, image_shape=None)
+    monkeypatch.setattr(preprocessing, "TRANSFORM_CHUNK_ROWS", 128)
+    rows = rng.permutation(n)[:700]
+    whole, some = prep.transform(frame), prep.transform(frame, rows)
+    assert sparse.issparse(whole) is wide and whole.dtype == np.float32
+    dense = whole.toarray() if wide else whole
+    expected = expected.toarray() if sparse.issparse(expected) else expected
+    np.testing.assert_allclose(dense, expected, atol=1e-6)
+    np.testing.assert_allclose(some.toarray() if wide else some, expected[rows], atol=1e-6)
+
+
+def test_prepared_rows_hold_the_table_once(make_cfg, tmp_path):
+    """Numbers pass through uncopied, text is stored as categories, and each split's raw rows
+    come back as text on request; the prepared data survives a save and load unchanged."""
+    from pipeline.stages.prepare import PreparedData
+
+    path = write_csv(messy_table(), tmp_path / "rows.csv")
+    cfg = make_cfg("data=table", f"data.path={path}", "data.target=label")
+    prepared = prepare(cfg)
+    assert prepared.rows["color"].dtype == "category"
+    assert prepared.frames["test"]["color"].dtype == "str"
+    assert sum(len(prepared.frames[s]) for s in prepared.frames) == len(prepared.rows)
+    prepared.save(tmp_path / "saved")
+    loaded = PreparedData.load(tmp_path / "saved")
+    for split in ("train", "val", "test"):
+        pd.testing.assert_frame_equal(loaded.frames[split], prepared.frames[split])
+        np.testing.assert_array_equal(loaded.targets[split], prepared.targets[split])
+        np.testing.assert_array_equal(loaded.features[split], prepared.features[split])
+    assert loaded.split_digests == prepared.split_digests
 
 
 # --- splits ---------------------------------------------------------------------------------------

@@ -223,3 +223,32 @@ def test_train_stage_logs_every_epoch_to_mlflow(make_cfg):
     assert run.data.metrics["epochs_run"] == len(trained.history)
     assert run.data.metrics["best_epoch"] == trained.best_epoch
     assert run.data.metrics["best_val_accuracy"] == pytest.approx(trained.best_val_score)
+
+
+def test_metric_buffer_writes_in_the_background_and_flush_waits(store):
+    """With a send at every epoch, a writer thread stores the metrics while training goes on;
+    flush() returns only when all of them are in the store, in order. A write that fails is
+    raised by flush(), not lost in the thread."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import tracking
+
+    experiment_id = tracking.connect(store, "buffer")
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id).info.run_id
+    buffer = tracking.MetricBuffer(run_id, client=client, flush_seconds=0.0)
+    for epoch in range(40):
+        buffer.add(epoch, {"train_loss": 1.0 / (epoch + 1), "val_loss": 2.0 / (epoch + 1)})
+    assert buffer._writer is not None and buffer._writer.is_alive()
+    buffer.flush()
+    assert buffer._writer is None
+    history = client.get_metric_history(run_id, "train_loss")
+    assert [m.step for m in history] == list(range(40))
+    assert [m.value for m in history] == pytest.approx([1.0 / (e + 1) for e in range(40)])
+    assert len(client.get_metric_history(run_id, "val_loss")) == 40
+
+    broken = tracking.MetricBuffer("no-such-run", client=client, flush_seconds=0.0)
+    broken.add(0, {"train_loss": 1.0})
+    broken.add(1, {"train_loss": 0.5})
+    with pytest.raises(MlflowException):
+        broken.flush()

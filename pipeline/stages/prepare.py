@@ -4,6 +4,7 @@ preprocessing on the training split only."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,21 +25,42 @@ from pipeline.data import (
     read_table,
 )
 from pipeline.preprocessing import Preprocessing, build_preprocessor
-from pipeline.splitting import SPLITS, split_digest, split_rows
+from pipeline.splitting import SPLITS, split_digests, split_rows
 from pipeline.training import TrainingData
 
-TARGET_COLUMN = "__target__"
+PREPARED_FORMAT = 2  # the saved layout; part of the data digest, so a change is a cache miss
+
+
+class SplitFrames(Mapping):
+    """The raw feature rows of each split, taken from the prepared rows when asked for, so the
+    prepared data holds the table's rows once rather than once more per split."""
+
+    def __init__(self, rows: pd.DataFrame, index: dict[str, np.ndarray]):
+        self._rows, self._index = rows, index
+
+    def __getitem__(self, split: str) -> pd.DataFrame:
+        frame = self._rows.iloc[self._index[split]].reset_index(drop=True)
+        # text as text, like raw rows (the categories are a storage detail of the prepared rows)
+        return frame.astype({c: "str" for c in frame.select_dtypes("category").columns})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
 
 
 @dataclass
 class PreparedData:
-    """The prepare stage's output: raw feature rows and encoded targets per split, the fitted
-    preprocessing, and what identifies the data (digests) and describes it (the data card)."""
+    """The prepare stage's output: the coerced feature rows with each split's positions in them,
+    encoded targets per split, model features per split, the fitted preprocessing, and what
+    identifies the data (digests) and describes it (the data card)."""
 
     name: str
     task: str
     target: str
-    frames: dict[str, pd.DataFrame]
+    rows: pd.DataFrame
+    index: dict[str, np.ndarray]
     targets: dict[str, np.ndarray]
     preprocessing: Preprocessing
     digest: str
@@ -47,7 +69,8 @@ class PreparedData:
     card: dict[str, Any]
 
     def __post_init__(self) -> None:
-        self.features = {s: self.preprocessing.transform(self.frames[s]) for s in SPLITS}
+        self.frames = SplitFrames(self.rows, self.index)
+        self.features = {s: self.preprocessing.transform(self.rows, self.index[s]) for s in SPLITS}
 
     @property
     def n_classes(self) -> int:
@@ -66,10 +89,12 @@ class PreparedData:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        for split in SPLITS:
-            frame = self.frames[split].copy()
-            frame[TARGET_COLUMN] = self.targets[split]
-            frame.to_parquet(directory / f"{split}.parquet", index=False)
+        self.rows.to_parquet(directory / "rows.parquet", index=False)
+        np.savez(
+            directory / "splits.npz",
+            **{f"index_{s}": self.index[s] for s in SPLITS},
+            **{f"target_{s}": self.targets[s] for s in SPLITS},
+        )
         joblib.dump(self.preprocessing, directory / "preprocessing.joblib")
         meta = {
             k: getattr(self, k)
@@ -82,13 +107,12 @@ class PreparedData:
     @classmethod
     def load(cls, directory: Path) -> PreparedData:
         meta = json.loads((directory / "prepared.json").read_text())
-        frames, targets = {}, {}
-        for split in SPLITS:
-            frame = pd.read_parquet(directory / f"{split}.parquet")
-            targets[split] = frame.pop(TARGET_COLUMN).to_numpy()
-            frames[split] = frame
+        with np.load(directory / "splits.npz", allow_pickle=False) as arrays:
+            index = {s: arrays[f"index_{s}"] for s in SPLITS}
+            targets = {s: arrays[f"target_{s}"] for s in SPLITS}
         return cls(
-            frames=frames,
+            rows=pd.read_parquet(directory / "rows.parquet"),
+            index=index,
             targets=targets,
             preprocessing=joblib.load(directory / "preprocessing.joblib"),
             card=json.loads((directory / "data_card.json").read_text()),
@@ -113,7 +137,7 @@ def data_settings(cfg: DictConfig) -> dict[str, Any]:
 
 
 def prepared_digest(source_digest: str, cfg: DictConfig) -> str:
-    return config_digest({"source": source_digest, **data_settings(cfg)})
+    return config_digest({"source": source_digest, "format": PREPARED_FORMAT, **data_settings(cfg)})
 
 
 def prepare(
@@ -137,14 +161,15 @@ def prepare(
         split_cfg.time,
     )
 
-    features = coerce_features(frame, inspection.column_types)
+    # model types for every used row: numbers pass through uncopied, text becomes categories
+    rows = coerce_features(frame, inspection.column_types).reset_index(drop=True)
     classes = (
         None if task == "regression" else sorted(target.unique().tolist(), key=lambda v: (str(type(v)), v))
     )
     transformer = build_preprocessor(
         inspection.column_types, table.image_shape is not None, cfg.data.rare_level_min_count
     )
-    transformer.fit(features.iloc[index["train"]])
+    transformer.fit(rows.iloc[index["train"]])
     preprocessing = Preprocessing(
         transformer,
         inspection.column_types,
@@ -152,7 +177,6 @@ def prepare(
         cfg.data.one_hot_sparse_above,
         table.image_shape,
     )
-    frames = {s: features.iloc[index[s]].reset_index(drop=True) for s in SPLITS}
     targets = {s: preprocessing.encode_target(target.iloc[index[s]]) for s in SPLITS}
     card = data_card(table, frame, inspection, {s: int(len(index[s])) for s in SPLITS})
     card["split_strategy"] = strategy
@@ -160,11 +184,12 @@ def prepare(
         name=cfg.data.name,
         task=task,
         target=table.target,
-        frames=frames,
+        rows=rows,
+        index=index,
         targets=targets,
         preprocessing=preprocessing,
         digest=prepared_digest(table.source_digest, cfg),
         source_digest=table.source_digest,
-        split_digests={s: split_digest(frame, index[s]) for s in SPLITS},
+        split_digests=split_digests(frame, index),
         card=card,
     )
