@@ -82,6 +82,7 @@ class _Context:
         self.table: Any = None  # the source table, read once
         self.inspected: Any = None  # (frame, inspection) of the source table, checked once
         self.git: dict[str, str] = {}
+        self.pool: Any = None  # tuning workers started early (tune.n_jobs > 1)
 
     def filters(self, stage: str) -> dict[str, str]:
         found = {"data.digest": self.data_digest}
@@ -234,7 +235,7 @@ def _run_tune(ctx: _Context) -> None:
     say(f"tune: study {settings.study_name!r} in {tracking.mask(settings.storage)}")
     if not ctx.tracking:
         ctx.result.outputs["tune"] = tune(
-            cfg, prepared.training_data(), objective, study, settings, progress=ctx.progress
+            cfg, prepared.training_data(), objective, study, settings, progress=ctx.progress, pool=ctx.pool
         )
         return
     import mlflow
@@ -255,6 +256,7 @@ def _run_tune(ctx: _Context) -> None:
             ctx.result.experiment_id,
             run_id,
             progress=ctx.progress,
+            pool=ctx.pool,
         )
         tracking.save_outputs(run_id, result)
         # tags, not params: a resumed study or another worker updates them (params never change)
@@ -462,6 +464,21 @@ def run_pipeline(cfg: DictConfig, progress: bool = False) -> PipelineResult:
     started = time.perf_counter()
     validate(cfg)
     stages = [s for s in STAGES if s in cfg.stages]
+    pool = None
+    if "tune" in stages and int(cfg.tune.n_jobs) > 1:
+        from pipeline.stages.tune import WorkerPool
+
+        pool = WorkerPool(int(cfg.tune.n_jobs) - 1)  # they import while the data is read and prepared
+    try:
+        return _run_stages(cfg, stages, started, progress, pool)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run_stages(
+    cfg: DictConfig, stages: list[str], started: float, progress: bool, pool: Any
+) -> PipelineResult:
     table = read_source(cfg.data)
     from pipeline.data import inspect as inspect_table
 
@@ -481,7 +498,7 @@ def run_pipeline(cfg: DictConfig, progress: bool = False) -> PipelineResult:
         ui = uri if uri.startswith(("http://", "https://")) else cfg.tracking.ui_url
         result.link = tracking.runs_table_link(ui, result.experiment_id)
     ctx = _Context(cfg, result, data_digest, config_digest(cfg), store_dir, progress)
-    ctx.table, ctx.inspected = table, inspected
+    ctx.table, ctx.inspected, ctx.pool = table, inspected, pool
     if not ctx.tracking:
         for stage in stages:
             STAGE_RUNNERS[stage](ctx)

@@ -311,13 +311,22 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_leaves_nothing_running(
 
 @pytest.mark.slow
 def test_two_worker_processes_share_the_study_without_duplicates(run_cli, fresh_store):
-    done_run = run_cli(TUNE, "tune.n_jobs=2", "tune.n_trials=4", "tune.pruner=none")
+    # trials of a second or so each, so the pooled worker joins while there is work left
+    done_run = run_cli(
+        TUNE,
+        "tune.n_jobs=2",
+        "tune.n_trials=6",
+        "tune.pruner=none",
+        "tune.epochs=150",
+        "train.early_stopping.patience=1000",
+    )
     assert done_run.returncode == 0, done_run.stderr[-3000:]
 
     study = the_study(fresh_store)
     finished = done(study)
-    assert len(finished) == 4
-    assert len({t.number for t in finished}) == 4
+    assert len(finished) == 6
+    assert len({t.number for t in finished}) == 6
+    assert len({t.user_attrs["pid"] for t in finished}) == 2  # both processes ran trials
     assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
     # only surplus trials (asked in a race, never run) may be anything else
     assert all(t.user_attrs.get("surplus") for t in study.trials if t.state not in DONE)
@@ -326,3 +335,17 @@ def test_two_worker_processes_share_the_study_without_duplicates(run_cli, fresh_
     assert all(n == 1 for n in by_number.values()), by_number
     assert run_ids(runs) == sorted(t.user_attrs[RUN_ID_ATTR] for t in finished)
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_worker_pool_processes_exit_when_not_needed():
+    """Workers started early for a pipeline that ends before tuning (or needs fewer) exit on
+    close() instead of waiting forever."""
+    from pipeline.stages.tune import WorkerPool
+
+    pool = WorkerPool(2)
+    assert len(pool) == 2 and all(p.is_alive() for p in pool.processes)
+    pool.close()
+    assert len(pool) == 0
+    for process in pool.processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0

@@ -498,6 +498,55 @@ def _worker_main(
     work(load_study(settings, worker), ctx, n_trials, deadline)
 
 
+def _waiting_worker(jobs: Any) -> None:
+    """Entry point of a pooled worker: import the heavy libraries, then wait for a study to join
+    (or None: the pipeline ended before tuning)."""
+    import mlflow  # noqa: F401 - imported now, while the pipeline reads and prepares the data
+    import optuna  # noqa: F401
+    import torch  # noqa: F401
+
+    import pipeline.training  # noqa: F401
+
+    job = jobs.get()
+    if job is not None:
+        _worker_main(*job)
+
+
+class WorkerPool:
+    """Worker processes spawned as the pipeline starts (spawned, not forked), so the seconds each
+    spends importing torch, MLflow and Optuna pass while the pipeline reads and prepares the data
+    instead of delaying the study's second worker."""
+
+    def __init__(self, count: int):
+        context = multiprocessing.get_context("spawn")
+        self._jobs = [context.SimpleQueue() for _ in range(count)]
+        self.processes = [
+            context.Process(target=_waiting_worker, args=(jobs,), daemon=True, name=f"tune-worker-{i + 1}")
+            for i, jobs in enumerate(self._jobs)
+        ]
+        for process in self.processes:
+            process.start()
+        self._given = 0
+
+    def __len__(self) -> int:
+        return len(self.processes) - self._given
+
+    def give(self, jobs: list[tuple]) -> list[Any]:
+        """Hand each job (the arguments of `_worker_main`) to a waiting process; returns them."""
+        given = []
+        for job in jobs:
+            self._jobs[self._given].put(job)
+            given.append(self.processes[self._given])
+            self._given += 1
+        return given
+
+    def close(self) -> None:
+        """Let the processes that got no job exit."""
+        for jobs in self._jobs[self._given :]:
+            jobs.put(None)
+        self._given = len(self._jobs)
+
+
 def tune(
     cfg: DictConfig,
     data: Any,
@@ -507,8 +556,10 @@ def tune(
     experiment_id: str | None = None,
     tune_run_id: str | None = None,
     progress: bool = False,
+    pool: WorkerPool | None = None,
 ) -> TuneResult:
-    """Run the study to `tune.n_trials` COMPLETE+PRUNED trials and return the best point."""
+    """Run the study to `tune.n_trials` COMPLETE+PRUNED trials and return the best point.
+    With `tune.n_jobs` > 1 the extra workers come from `pool` when it has them (already started)."""
     n_trials, n_jobs = int(cfg.tune.n_trials), int(cfg.tune.n_jobs)
     deadline = time.time() + cfg.tune.timeout if cfg.tune.timeout else None
     if tune_run_id is not None:
@@ -544,7 +595,7 @@ def tune(
         if n_jobs == 1:
             work(study, ctx, n_trials, deadline, show)
         else:
-            _run_workers(study, ctx, settings, n_trials, n_jobs, deadline, show)
+            _run_workers(study, ctx, settings, n_trials, n_jobs, deadline, show, pool)
             # finish here what dead workers left undone (their trials were reaped and re-queued)
             work(study, ctx, n_trials, deadline, show)
     finally:
@@ -564,24 +615,23 @@ def _run_workers(
     n_jobs: int,
     deadline: float | None,
     show: Any,
+    pool: WorkerPool | None = None,
 ) -> None:
-    """This process is worker 0; `n_jobs - 1` spawned processes join it, each with a fair share
-    of the cores (so no process waits for another to start before trials run)."""
+    """This process is worker 0; `n_jobs - 1` spawned processes join it (pooled ones when the
+    pool has enough), each with a fair share of the cores, so no process waits for another to
+    start before trials run."""
     import mlflow
 
     threads = max(1, (ctx.cfg.train.threads or os.cpu_count() or 1) // n_jobs)
-    context = multiprocessing.get_context("spawn")
     uri = mlflow.get_tracking_uri() if ctx.tune_run_id else None
-    workers = [
-        context.Process(
-            target=_worker_main,
-            args=(settings, copy.deepcopy(ctx), i, threads, uri, n_trials, deadline),
-            daemon=True,
-        )
-        for i in range(1, n_jobs)
-    ]
-    for process in workers:
-        process.start()
+    jobs = [(settings, ctx, i, threads, uri, n_trials, deadline) for i in range(1, n_jobs)]
+    if pool is not None and len(pool) >= len(jobs):
+        workers = pool.give(jobs)
+    else:
+        context = multiprocessing.get_context("spawn")
+        workers = [context.Process(target=_worker_main, args=job, daemon=True) for job in jobs]
+        for process in workers:
+            process.start()
     own = copy.deepcopy(ctx)
     own.cfg.train.threads = threads
     try:
