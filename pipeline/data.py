@@ -21,7 +21,6 @@ IMAGE_SHAPES = {"digits": (1, 8, 8)}
 ID_NAME = re.compile(r"(^id$|_id$|^id_|uuid|guid|^index$|^unnamed: ?0$)", re.IGNORECASE)
 NUMERIC, CATEGORICAL = "numeric", "categorical"
 LEAK_CHECK_ROWS = 20_000
-MISSING_LEVEL = "(missing)"  # the level a missing categorical value is imputed with
 
 
 @dataclass
@@ -218,9 +217,9 @@ def _column_type(series: pd.Series, int_max_levels: int) -> str:
 
 def coerce_features(frame: pd.DataFrame, column_types: dict[str, str]) -> pd.DataFrame:
     """The one raw-to-model coercion used in prepare and at predict time: numeric columns become
-    float64 (NaN for missing, imputed by the preprocessing), categorical ones a pandas
-    Categorical of text labels (missing imputed as MISSING_LEVEL). Float64 columns are passed through, not copied, and categories hold each label
-    once, so the coerced frame of a large table costs little beyond the table itself."""
+    float64 and categorical ones a pandas Categorical of text labels, NaN for missing in both
+    (the preprocessing imputes). Float64 columns pass through uncopied and categories hold each
+    label once, so the coerced frame of a large table costs little beyond the table itself."""
     out = {}
     for column, kind in column_types.items():
         series = frame[column]
@@ -236,15 +235,12 @@ def coerce_features(frame: pd.DataFrame, column_types: dict[str, str]) -> pd.Dat
 
 
 def _text_categories(series: pd.Series) -> pd.Series:
-    """A column as categories labelled by the text of its values (3 -> '3', True -> 'True'), a
-    missing value imputed as its own level, MISSING_LEVEL."""
+    """A column as categories labelled by the text of its values (3 -> '3', True -> 'True');
+    missing stays missing (the one-hot encoder gives it a level of its own)."""
     codes, levels = pd.factorize(series, use_na_sentinel=True)
     labels = [str(v) for v in levels]
     if len(set(labels)) < len(labels):  # two values with one text (3 and '3'): merge them by it
         return _text_categories(series.astype(str).where(series.notna()))
-    if (codes < 0).any():
-        codes = np.where(codes < 0, len(labels), codes)
-        labels.append(MISSING_LEVEL)
     categories = pd.Index(labels, dtype=object)
     return pd.Series(
         pd.Categorical.from_codes(codes, categories=categories), index=series.index, name=series.name

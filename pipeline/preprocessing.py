@@ -103,7 +103,7 @@ def build_preprocessor(
         parts.append(
             (
                 "categorical",
-                # missing values arrive imputed as their own level (coerce_features)
+                # a missing value is imputed as a level of its own (the encoder's NaN category)
                 OneHotEncoder(
                     handle_unknown="infrequent_if_exist",
                     min_frequency=rare_level_min_count,
