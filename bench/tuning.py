@@ -1,18 +1,24 @@
 """Tuning: what pruning saves, and what parallel workers buy, on the real tune stage.
 
 Pruning: the same search (seed, sampler, space, number of trials, epoch budget) with
-tune.pruner=none, median and hyperband: epochs trained in total (the sum over trials of the
-epochs each reported), wall time of the tune stage and the best validation objective found.
-Early stopping is switched off so that the epochs saved are the pruner's alone.
+tune.pruner=none, median and hyperband (each with its default settings): epochs trained in total
+(the sum over trials of the epochs each reported), wall time of the tune stage and the best
+validation objective found. Early stopping is switched off so that the epochs saved are the
+pruner's alone. The target: pruning at least halves the epochs for a best value within
+--tolerance of no pruning. One seed is one draw of a noisy search: --seeds runs the same
+comparison with more seeds (one repeat each) and --larger adds a study with more trials.
 
-Parallelism: trials per minute with tune.n_jobs=2 against 1, no pruning: one worker with 1
-thread and with every core, two workers with train.threads unset (the stage gives each
-cores // n_jobs threads), and (full run only) two workers with train.threads set to the cores.
+Parallelism: trials per minute with tune.n_jobs=2 against 1, no pruning, on a study of
+--parallel-trials trials: one worker and two workers with train.threads unset (what a user gets
+without the flag: one thread for data this small, cores // n_jobs threads per worker), and one
+worker with every core.
 
 Every configuration runs `run_pipeline(stages=[prepare,tune])` with tracking on, in a fresh
 temporary SQLite store with its own journal-file study.
 
     python -m bench.tuning [--quick] [--repeats N] [--trials N] [--epochs N] [--data NAME]
+                           [--seeds 42,1,7] [--larger N] [--tolerance X] [--parallel-trials N]
+                           [--skip pruning|parallel]
 """
 
 from __future__ import annotations
@@ -89,23 +95,25 @@ def run_search(
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in done),
         "best": result.outputs["tune"].best_value,
         "metric": result.objective.metric,
+        "maximize": result.objective.maximize,
     }
 
 
 def rounds(
-    variants: dict[str, dict[str, Any]], repeats: int, root: Path, common: dict[str, Any]
+    variants: dict[str, dict[str, Any]], repeats: int, root: Path, common: dict[str, Any], prefix: str = ""
 ) -> dict[str, list]:
-    """Alternate the configurations (rotating order), a fresh store and study every time."""
+    """Alternate the configurations (rotating order), a fresh store and study every time.
+    `prefix` keeps the folders and study names of another call's runs apart."""
     numbers = count()
     names = list(variants)
     results: dict[str, list] = {name: [] for name in names}
     for round_ in range(repeats):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
-            out = run_search(root, f"{name}-{next(numbers)}", **common, **variants[name])
+            out = run_search(root, f"{prefix}{name}-{next(numbers)}", **common, **variants[name])
             results[name].append(out)
             print(
-                f"  round {round_ + 1}/{repeats} {name}: stage {out['stage_seconds']:.1f}s, "
+                f"  round {round_ + 1}/{repeats} {prefix}{name}: stage {out['stage_seconds']:.1f}s, "
                 f"{out['trials']} trials ({out['pruned']} pruned), {out['epochs']} epochs, "
                 f"best {out['best']:.4f}",
                 flush=True,
@@ -125,46 +133,45 @@ def parallel(
     quick: bool,
 ) -> None:
     """Trials per minute with one worker process against two, without pruning."""
+    default_one, default_two = "1 worker, default threads", "2 workers, default threads"
     variants = {
-        # one process, torch threads pinned to 1 or to every core (torch's own default here)
-        "1 worker x 1 thread": {"n_jobs": 1, "threads": 1},
+        # train.threads unset: one worker takes 1 thread on data this small (what a user gets
+        # without a flag); n_jobs workers take cores // n_jobs threads each
+        default_one: {"n_jobs": 1, "threads": None},
         f"1 worker x {cores} threads": {"n_jobs": 1, "threads": cores},
-        # train.threads unset: the stage gives each worker cores // n_jobs threads
-        f"2 workers x {max(1, cores // 2)} thread(s)": {"n_jobs": 2, "threads": None},
+        default_two: {"n_jobs": 2, "threads": None},
     }
-    if not quick:
-        # train.threads set explicitly: what each worker then really uses
-        variants[f"2 workers, train.threads={cores}"] = {"n_jobs": 2, "threads": cores}
-    if quick:
-        del variants["1 worker x 1 thread"]
     print(f"\nparallelism: {trials} trials x {epochs} epochs on {data}, no pruning", flush=True)
-    labels = {name: re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") for name in variants}
+    labels = {name: "par-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") for name in variants}
     found = rounds({labels[n]: {"pruner": "none", **v} for n, v in variants.items()}, repeats, root, common)
-    rows, rate = [], {}
+    rows, rate, search_rate = [], {}, {}
     for name in variants:
         runs = found[labels[name]]
         seconds = [r["stage_seconds"] for r in runs]
         rate[name] = 60.0 * trials / median(seconds)
-        search_rate = 60.0 * trials / median([r["search_seconds"] for r in runs])
+        search_rate[name] = 60.0 * trials / median([r["search_seconds"] for r in runs])
         rows.append(
             [
                 name,
+                median([r["invocation_seconds"] for r in runs]),
                 median(seconds),
                 spread(seconds),
                 rate[name],
-                search_rate,
+                search_rate[name],
                 median([r["best"] for r in runs]),
             ]
         )
     report.section(
         f"Parallel workers ({data}, {trials} trials x {epochs} epochs, no pruning)",
-        "Trials per minute from the tune stage's wall time (worker start-up included) and from the "
-        "trials' own start and end times (search only). With train.threads unset the stage gives "
-        f"each of its n_jobs workers cores // n_jobs threads. Median of {repeats} alternating "
+        "Trials per minute from the tune stage's wall time and from the trials' own first start "
+        "and last end (search only). Extra workers are spawned as the pipeline starts and import "
+        "while the data is prepared; what is left of their start-up counts in both. The whole "
+        f"invocation (prepare + tune) is shown for scale. Median of {repeats} alternating "
         "repeat(s).\n\n"
         + markdown_table(
             [
                 "configuration",
+                "invocation s",
                 "tune stage s",
                 "range",
                 "trials/min (stage)",
@@ -174,23 +181,192 @@ def parallel(
             rows,
         ),
     )
-    two = f"2 workers x {max(1, cores // 2)} thread(s)"
-    for one in (f"1 worker x {cores} threads", "1 worker x 1 thread"):
-        if one in rate:
-            speedup = rate[two] / rate[one]
-            report.headline(
-                f"trials/min, n_jobs=2 / n_jobs=1 ({two} vs {one})",
-                round(speedup, 3),
-                f"> 1 (ideal {cores})",
-                speedup > 1,
-            )
-    explicit = f"2 workers, train.threads={cores}"
-    if explicit in rate:
+    target = 1.7 if not quick else 1.0
+    for label, rates in (("tune stage", rate), ("search only", search_rate)):
+        speedup = rates[default_two] / rates[default_one]
         report.headline(
-            f"trials/min, n_jobs=2 with train.threads={cores} / without",
-            round(rate[explicit] / rate[two], 3),
-            "~1",
-            rate[explicit] / rate[two] > 0.8,
+            f"trials/min ({label}), {default_two} / {default_one}",
+            round(speedup, 3),
+            f">= {target}",
+            speedup >= target,
+        )
+    one_all = f"1 worker x {cores} threads"
+    report.headline(
+        f"trials/min (tune stage), {default_two} / {one_all}",
+        round(rate[default_two] / rate[one_all], 3),
+        "info",
+        None,
+    )
+
+
+def _drop(best_none: float, best: float, maximize: bool) -> float:
+    """How much worse than no pruning, in the objective's better direction (positive: worse)."""
+    return best_none - best if maximize else best - best_none
+
+
+def _pruner_table(found: dict[str, list], budget: int) -> tuple[list, float]:
+    base = median([r["stage_seconds"] for r in found["none"]])
+    best_none = median([r["best"] for r in found["none"]])
+    rows = []
+    for name, runs in found.items():
+        shares = [r["epochs"] / budget for r in runs]
+        seconds = [r["stage_seconds"] for r in runs]
+        best = median([r["best"] for r in runs])
+        rows.append(
+            [
+                name,
+                median([r["epochs"] for r in runs]),
+                median(shares),
+                spread(shares),
+                median([r["pruned"] for r in runs]),
+                median(seconds),
+                spread(seconds),
+                median(seconds) / base,
+                best,
+                best - best_none,
+            ]
+        )
+    return rows, best_none
+
+
+PRUNER_COLUMNS = [
+    "pruner",
+    "epochs trained",
+    "share of budget",
+    "share range",
+    "pruned trials",
+    "tune stage s",
+    "range",
+    "time vs none",
+    "best val",
+    "vs none",
+]
+
+
+def pruning(
+    report: Report,
+    root: Path,
+    data: str,
+    trials: int,
+    epochs: int,
+    repeats: int,
+    threads: int | None,
+    seeds: list[int],
+    larger: int | None,
+    tolerance: float,
+    quick: bool,
+) -> None:
+    """Epochs trained, time and best value with pruner none, median and hyperband."""
+    variants = {name: {"pruner": name, "n_jobs": 1, "threads": threads} for name in PRUNERS}
+    share_target = 1.0 if quick else 0.5
+    print(f"\npruning: {trials} trials x {epochs} epochs on {data}, seed {seeds[0]}", flush=True)
+    common = {"data": data, "trials": trials, "epochs": epochs, "seed": seeds[0]}
+    found = rounds(variants, repeats, root, common, prefix="prune-")
+    budget = trials * epochs
+    rows, best_none = _pruner_table(found, budget)
+    report.section(
+        f"Pruning ({data}, {trials} trials x {epochs} epochs, tpe, seed {seeds[0]})",
+        f"Budget without pruning: {budget} epochs. Median of {repeats} alternating repeat(s); none "
+        "and median repeat exactly (the search is seeded) while times vary; hyperband assigns each "
+        "trial to a bracket by a hash of the study name, which differs per repeat, so its epochs "
+        "and best value vary too.\n\n" + markdown_table(PRUNER_COLUMNS, rows),
+    )
+    maximize = found["none"][0]["maximize"]
+    metric = found["none"][0]["metric"]
+    for name in ("median", "hyperband"):
+        runs = found[name]
+        share = median([r["epochs"] for r in runs]) / budget
+        best = median([r["best"] for r in runs])
+        base = median([r["stage_seconds"] for r in found["none"]])
+        report.headline(
+            f"{name} pruner: epochs trained / no pruning",
+            round(share, 3),
+            f"<= {share_target}",
+            share <= share_target,
+        )
+        report.headline(
+            f"{name} pruner: tune time / no pruning",
+            round(median([r["stage_seconds"] for r in runs]) / base, 3),
+            "info",
+            None,
+        )
+        report.headline(
+            f"{name} pruner: best val {metric} (none: {best_none:.4f})",
+            round(best, 4),
+            f"within {tolerance} of none",
+            _drop(best_none, best, maximize) <= tolerance,
+        )
+
+    if larger:
+        print(f"\npruning, a larger study: {larger} trials", flush=True)
+        big = rounds(variants, repeats, root, {**common, "trials": larger}, prefix="prune-large-")
+        rows, _ = _pruner_table(big, larger * epochs)
+        report.section(
+            f"Pruning, a larger study ({data}, {larger} trials x {epochs} epochs, tpe, seed {seeds[0]})",
+            "Not the benchmark's budget: the same search with more trials, to show the trend. "
+            f"Budget without pruning: {larger * epochs} epochs. Median of {repeats} repeat(s).\n\n"
+            + markdown_table(PRUNER_COLUMNS, rows),
+        )
+
+    if len(seeds) > 1:
+        per_seed: dict[str, list[dict[str, Any]]] = {name: [found[name][0]] for name in PRUNERS}
+        for seed in seeds[1:]:
+            print(f"\npruning, seed {seed}", flush=True)
+            more = rounds(variants, 1, root, {**common, "seed": seed}, prefix=f"prune-seed{seed}-")
+            for name in PRUNERS:
+                per_seed[name].append(more[name][0])
+        rows = []
+        for name in PRUNERS:
+            shares = [r["epochs"] / budget for r in per_seed[name]]
+            drops = [
+                _drop(none["best"], r["best"], maximize)
+                for none, r in zip(per_seed["none"], per_seed[name], strict=True)
+            ]
+            mean_share, mean_drop = sum(shares) / len(shares), sum(drops) / len(drops)
+            rows.append(
+                [
+                    name,
+                    mean_share,
+                    spread(shares),
+                    f"{sum(x <= share_target for x in shares)}/{len(shares)}",
+                    sum(r["best"] for r in per_seed[name]) / len(shares),
+                    mean_drop,
+                    max(drops),
+                    f"{sum(d <= tolerance for d in drops)}/{len(drops)}",
+                ]
+            )
+            if name != "none":
+                report.headline(
+                    f"{name} pruner, {len(seeds)} seeds: mean epochs trained / no pruning",
+                    round(mean_share, 3),
+                    f"<= {share_target}",
+                    mean_share <= share_target,
+                )
+                report.headline(
+                    f"{name} pruner, {len(seeds)} seeds: mean best val {metric} drop vs none",
+                    round(mean_drop, 4),
+                    f"<= {tolerance}",
+                    mean_drop <= tolerance,
+                )
+        report.section(
+            f"Pruning across seeds ({data}, {trials} trials x {epochs} epochs, seeds "
+            f"{', '.join(map(str, seeds))})",
+            "One study per seed and pruner (the first seed's from the table above). The drop is no "
+            "pruning's best value minus the pruner's, in the objective's better direction "
+            f"(positive: worse); within noise means a drop of at most {tolerance}.\n\n"
+            + markdown_table(
+                [
+                    "pruner",
+                    "mean share of budget",
+                    "range",
+                    f"seeds at <= {share_target}",
+                    f"mean best val {metric}",
+                    "mean drop",
+                    "worst drop",
+                    "seeds within noise",
+                ],
+                rows,
+            ),
         )
 
 
@@ -199,13 +375,31 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=None, help="trials per search (default 16, --quick 6)")
     p.add_argument("--epochs", type=int, default=None, help="epoch budget per trial (default 20, --quick 5)")
     p.add_argument("--data", default=None, help="data set (default digits, --quick breast_cancer)")
+    p.add_argument(
+        "--parallel-trials", type=int, default=None, help="trials per parallel search (default 24, --quick 6)"
+    )
     p.add_argument("--skip", choices=("pruning", "parallel"), default=None, help="leave one part out")
+    p.add_argument(
+        "--seeds",
+        default="42",
+        help="comma-separated seeds for the pruning comparison: the first is the benchmark's, "
+        "the others add a table across seeds (one repeat each)",
+    )
+    p.add_argument("--larger", type=int, default=None, help="also compare the pruners on a study of N trials")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.005,
+        help="the largest drop of the best value against no pruning counted as noise (default "
+        "0.005: about one validation image of digits)",
+    )
     args = p.parse_args()
     quiet(mlflow=True)
     repeats = args.repeats or (1 if args.quick else 3)
     trials = args.trials or (6 if args.quick else 16)
     epochs = args.epochs or (5 if args.quick else 20)
     data = args.data or ("breast_cancer" if args.quick else "digits")
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     cores = os.cpu_count() or 1
     report = Report(
         "tuning",
@@ -217,84 +411,46 @@ def main() -> None:
             "epochs_per_trial": epochs,
             "repeats": repeats,
             "sampler": "tpe",
-            "seed": 42,
+            "seeds": seeds,
+            "larger": args.larger,
             "threads_pruning": args.threads,
             "threads_parallel_total": cores,
         },
     )
     with tempfile.TemporaryDirectory(prefix="bench-tuning-") as tmp:
         root = Path(tmp)
-        common = {"data": data, "trials": trials, "epochs": epochs}
+        common = {"data": data, "trials": trials, "epochs": epochs, "seed": seeds[0]}
         print("warm-up search (untimed)", flush=True)
         run_search(root, "warmup", data, 2, 1, "none", 1, args.threads)
 
         if args.skip != "pruning":
-            print(f"\npruning: {trials} trials x {epochs} epochs on {data}", flush=True)
-            found = rounds(
-                {name: {"pruner": name, "n_jobs": 1, "threads": args.threads} for name in PRUNERS},
-                repeats,
+            pruning(
+                report,
                 root,
-                common,
+                data,
+                trials,
+                epochs,
+                repeats,
+                args.threads,
+                seeds,
+                args.larger,
+                args.tolerance,
+                args.quick,
             )
-            budget = trials * epochs
-            base = median([r["stage_seconds"] for r in found["none"]])
-            rows = []
-            for name, runs in found.items():
-                seconds = [r["stage_seconds"] for r in runs]
-                rows.append(
-                    [
-                        name,
-                        median([r["epochs"] for r in runs]),
-                        median([r["epochs"] for r in runs]) / budget,
-                        median([r["pruned"] for r in runs]),
-                        median(seconds),
-                        spread(seconds),
-                        median(seconds) / base,
-                        median([r["best"] for r in runs]),
-                    ]
-                )
-            metric = found["none"][0]["metric"]
-            report.section(
-                f"Pruning ({data}, {trials} trials x {epochs} epochs, tpe, seed 42)",
-                f"Budget without pruning: {budget} epochs. Median of {repeats} alternating "
-                "repeat(s); the search is seeded, so epochs and best value repeat exactly while "
-                "times vary.\n\n"
-                + markdown_table(
-                    [
-                        "pruner",
-                        "epochs trained",
-                        "share of budget",
-                        "pruned trials",
-                        "tune stage s",
-                        "range",
-                        "time vs none",
-                        f"best val {metric}",
-                    ],
-                    rows,
-                ),
-            )
-            best_none = median([r["best"] for r in found["none"]])
-            for name in ("median", "hyperband"):
-                runs = found[name]
-                share = median([r["epochs"] for r in runs]) / budget
-                report.headline(
-                    f"{name} pruner: epochs trained / no pruning", round(share, 3), "< 1", share < 1
-                )
-                report.headline(
-                    f"{name} pruner: tune time / no pruning",
-                    round(median([r["stage_seconds"] for r in runs]) / base, 3),
-                    "info",
-                    None,
-                )
-                report.headline(
-                    f"{name} pruner: best val {metric} (none: {best_none:.4f})",
-                    round(median([r["best"] for r in runs]), 4),
-                    "info",
-                    None,
-                )
 
         if args.skip != "parallel":
-            parallel(report, root, common, trials, epochs, data, repeats, cores, args.quick)
+            parallel_trials = args.parallel_trials or (6 if args.quick else 24)
+            parallel(
+                report,
+                root,
+                {**common, "trials": parallel_trials},
+                parallel_trials,
+                epochs,
+                data,
+                repeats,
+                cores,
+                args.quick,
+            )
     if repeats < 3:
         report.note(f"only {repeats} repeat(s) per configuration: times are indicative only")
     report.write()

@@ -108,6 +108,9 @@ class TuneConfig:
     epochs: int = 30  # epoch budget of one trial
     sampler: str = "tpe"
     pruner: str = "median"
+    pruner_startup_trials: int = 2  # median: trials that finish before any is pruned
+    pruner_warmup_epochs: int | None = None  # median: None: epochs // 10 (at least 1)
+    pruner_reduction_factor: int = 4  # hyperband: each rung keeps 1 in this many trials
     n_jobs: int = 1
     storage: str | None = None  # None: a journal file next to the MLflow store
     study_name: str | None = None
@@ -272,6 +275,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"tune.timeout={tune.timeout} is out of range; it must be > 0")
     _choice(tune.sampler, SAMPLERS, "tune.sampler")
     _choice(tune.pruner, PRUNERS, "tune.pruner")
+    _at_least(tune.pruner_startup_trials, 0, "tune.pruner_startup_trials")
+    if tune.pruner_warmup_epochs is not None:
+        _at_least(tune.pruner_warmup_epochs, 0, "tune.pruner_warmup_epochs")
+    _at_least(tune.pruner_reduction_factor, 2, "tune.pruner_reduction_factor")
     _at_least(tune.n_jobs, 1, "tune.n_jobs")
     _at_least(tune.heartbeat_seconds, 1, "tune.heartbeat_seconds")
 

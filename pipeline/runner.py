@@ -273,6 +273,10 @@ def _run_tune(ctx: _Context) -> None:
                 "tune.n_trials": cfg.tune.n_trials,
                 "tune.sampler": cfg.tune.sampler,
                 "tune.pruner": cfg.tune.pruner,
+                "tune.pruner_startup_trials": cfg.tune.pruner_startup_trials,
+                "tune.pruner_warmup_epochs": cfg.tune.pruner_warmup_epochs,
+                "tune.pruner_reduction_factor": cfg.tune.pruner_reduction_factor,
+                "tune.n_jobs": cfg.tune.n_jobs,
             },
         )
         files = {"trials.csv": trials_frame(study).to_csv(index=False)}

@@ -20,9 +20,11 @@ from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from pipeline.config import validate
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.metrics import Objective
 from pipeline.runner import run_pipeline
-from pipeline.stages.tune import PARENT_RUN_ATTR, RUN_ID_ATTR
+from pipeline.stages.tune import PARENT_RUN_ATTR, RUN_ID_ATTR, open_study
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 TUNE = "stages=[prepare,tune]"
@@ -84,8 +86,8 @@ def running_runs(experiment_id: str) -> list:
 
 def test_median_pruner_prunes_and_every_trial_has_its_own_nested_run(make_cfg, fresh_store):
     # a wide lr range: slow learners fall behind the median after the warm-up epochs. Four good
-    # trials (the median pruner's startup) and one that cannot learn are queued to be sure of a
-    # pruned trial; the sampler picks the rest
+    # trials (more than the median pruner's startup trials) and one that cannot learn are queued
+    # to be sure of a pruned trial; the sampler picks the rest
     cfg = tune_cfg(
         make_cfg,
         "tune.n_trials=8",
@@ -139,6 +141,89 @@ def test_median_pruner_prunes_and_every_trial_has_its_own_nested_run(make_cfg, f
     best = result.outputs["tune"]
     assert best.best_run_id == study.best_trial.user_attrs[RUN_ID_ATTR]
     assert best.best_value == pytest.approx(study.best_value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # the defaults: warm-up scaled to the epoch budget
+        (["tune.epochs=30"], {"_n_startup_trials": 2, "_n_warmup_steps": 3}),
+        (["tune.epochs=5"], {"_n_startup_trials": 2, "_n_warmup_steps": 1}),
+        (
+            ["tune.pruner_startup_trials=0", "tune.pruner_warmup_epochs=0"],
+            {"_n_startup_trials": 0, "_n_warmup_steps": 0},
+        ),
+        (
+            ["tune.pruner_startup_trials=5", "tune.pruner_warmup_epochs=7"],
+            {"_n_startup_trials": 5, "_n_warmup_steps": 7},
+        ),
+    ],
+)
+def test_the_median_pruner_is_built_from_the_tune_config(make_cfg, fresh_store, overrides, expected):
+    cfg = tune_cfg(make_cfg, "tune.pruner=median", *overrides)
+    validate(cfg)
+    study, _ = open_study(cfg, "digest", Objective("accuracy", "maximize"), fresh_store)
+    assert isinstance(study.pruner, optuna.pruners.MedianPruner)
+    assert study.pruner._percentile == 50.0
+    assert {key: getattr(study.pruner, key) for key in expected} == expected
+
+
+def test_the_hyperband_pruner_is_built_from_the_tune_config(make_cfg, fresh_store):
+    objective = Objective("accuracy", "maximize")
+    study, _ = open_study(
+        tune_cfg(make_cfg, "tune.pruner=hyperband", "tune.epochs=20"), "a", objective, fresh_store
+    )
+    pruner = study.pruner
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (1, 20, 4)
+    cfg = tune_cfg(make_cfg, "tune.pruner=hyperband", "tune.pruner_reduction_factor=3", "tune.study_name=rf3")
+    study, _ = open_study(cfg, "b", objective, fresh_store)
+    assert study.pruner._reduction_factor == 3
+
+
+@pytest.mark.parametrize(
+    ("override", "minimum"),
+    [
+        ("tune.pruner_startup_trials=-1", 0),
+        ("tune.pruner_warmup_epochs=-1", 0),
+        ("tune.pruner_reduction_factor=1", 2),
+    ],
+)
+def test_pruner_settings_out_of_range_are_refused(make_cfg, override, minimum):
+    key, value = override.split("=")
+    with pytest.raises(ConfigError, match=rf"{key}={value} is out of range; it must be >= {minimum}"):
+        validate(make_cfg(override))
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_the_median_pruner_judges_in_the_direction_of_the_study(make_cfg, fresh_store, direction):
+    """After the startup trials and the warm-up epochs, a trial worse than the median (in the
+    study's direction) is pruned and a better one is not."""
+    cfg = tune_cfg(make_cfg, "tune.epochs=20", "tune.pruner_startup_trials=2", "tune.pruner_warmup_epochs=2")
+    metric = "accuracy" if direction == "maximize" else "log_loss"
+    study, _ = open_study(cfg, "digest", Objective(metric, direction), fresh_store)
+
+    def score(quality: float) -> float:  # an accuracy, or a loss that falls as quality rises
+        return quality if direction == "maximize" else 1.0 - quality
+
+    for quality in (0.8, 0.9):  # the two startup trials
+        trial = study.ask()
+        for epoch in range(20):
+            trial.report(score(quality + 0.001 * epoch), epoch)
+        study.tell(trial, score(quality + 0.019))
+
+    def pruned_at(quality: float) -> int | None:
+        trial = study.ask()
+        for epoch in range(20):
+            trial.report(score(quality), epoch)
+            if trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                return epoch
+        study.tell(trial, score(quality))
+        return None
+
+    assert pruned_at(0.5) == 2  # the first epoch after the warm-up
+    assert pruned_at(0.95) is None
 
 
 def test_resume_continues_toward_the_total_under_one_tune_run(make_cfg, fresh_store):
