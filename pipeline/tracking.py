@@ -188,7 +188,7 @@ class MetricBuffer:
     there."""
 
     def __init__(
-        self, run_id: str, client: MlflowClient | None = None, flush_seconds: float = 0.2, prefix: str = ""
+        self, run_id: str, client: MlflowClient | None = None, flush_seconds: float = 5.0, prefix: str = ""
     ):
         self.run_id = run_id
         self.client = client or MlflowClient()
