@@ -9,31 +9,39 @@ pruner's alone. The target: pruning at least halves the epochs for a best value 
 comparison with more seeds (one repeat each) and --larger adds a study with more trials.
 
 Parallelism: trials per minute with tune.n_jobs=2 against 1, no pruning, on a study of
---parallel-trials trials: one worker and two workers with train.threads unset (what a user gets
+--parallel-trials trials of about equal cost (batch size and widths are left out of the space): one worker and two workers with train.threads unset (what a user gets
 without the flag: one thread for data this small, cores // n_jobs threads per worker), and one
-worker with every core.
+worker with every core. Each runs as the command line (`python -m pipeline ...`, what
+`make sweep` runs) in a fresh process, so a worker's start-up counts as it does for a user.
 
-Every configuration runs `run_pipeline(stages=[prepare,tune])` with tracking on, in a fresh
-temporary SQLite store with its own journal-file study.
+Every configuration runs the stages prepare and tune with tracking on, in a fresh temporary SQLite
+store with its own journal-file study; the pruning comparison calls `run_pipeline` in this
+process.
 
     python -m bench.tuning [--quick] [--repeats N] [--trials N] [--epochs N] [--data NAME]
                            [--seeds 42,1,7] [--larger N] [--tolerance X] [--parallel-trials N]
-                           [--skip pruning|parallel]
+                           [--skip pruning|parallel] [--whole-space]
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from itertools import count
 from pathlib import Path
 from typing import Any
 
-from bench.common import Report, compose, fresh_store, markdown_table, median, parser, quiet, spread
+from bench.common import ROOT, Report, compose, fresh_store, markdown_table, median, parser, quiet, spread
 
 PRUNERS = ("none", "median", "hyperband")
+# The parallel comparison searches the default space without the batch size and the layer widths:
+# those change a trial's cost several times over, and one worker and two sample different points,
+# so with them the two configurations would train different amounts of work.
+EQUAL_COST_TRIALS = ("~tune.space.train.batch_size", "~tune.space.model.hidden")
 
 
 def run_search(
@@ -46,18 +54,23 @@ def run_search(
     n_jobs: int,
     threads: int | None,
     seed: int = 42,
+    fresh_process: bool = False,
+    overrides: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    """One search. In this process by default; with `fresh_process` as the command line
+    `python -m pipeline ...` that `make sweep` runs, so the search pays the start-up a user pays
+    (imports, torch's first optimizer, opening the store) in every process it uses."""
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from pipeline.runner import run_pipeline
     from pipeline.stages.tune import make_storage
 
     label = label.replace("=", "")  # a Hydra override value cannot hold '='
     folder = root / label
     journal = folder / "study.journal"
     uri = fresh_store(folder)
-    cfg = compose(
+    overrides = [
+        *overrides,
         "stages=[prepare,tune]",
         f"data={data}",
         f"seed={seed}",
@@ -73,29 +86,41 @@ def run_search(
         f"train.threads={'null' if threads is None else threads}",
         "train.device=cpu",
         "train.early_stopping.patience=1000000",
-    )
+    ]
     started = time.perf_counter()
-    result = run_pipeline(cfg)
+    if fresh_process:
+        command = [sys.executable, "-m", "pipeline", *overrides, f"hydra.run.dir={folder / 'hydra'}"]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    else:
+        from pipeline.runner import run_pipeline
+
+        run_pipeline(compose(*overrides))
     invocation = time.perf_counter() - started
-    run = MlflowClient().get_run(result.run_ids["tune"]).info
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("bench-tuning")
+    (tune_run,) = client.search_runs([experiment.experiment_id], "tags.stage = 'tune'")
     study = optuna.load_study(study_name=f"bench-{label}", storage=make_storage(str(journal), 10))
-    done = [
+    done_trials = [
         t
         for t in study.get_trials(deepcopy=False)
         if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     ]
-    starts = [t.datetime_start for t in done if t.datetime_start]
-    ends = [t.datetime_complete for t in done if t.datetime_complete]
+    starts = [t.datetime_start for t in done_trials if t.datetime_start]
+    ends = [t.datetime_complete for t in done_trials if t.datetime_complete]
     return {
-        "stage_seconds": (run.end_time - run.start_time) / 1000.0,
+        "stage_seconds": (tune_run.info.end_time - tune_run.info.start_time) / 1000.0,
         "search_seconds": (max(ends) - min(starts)).total_seconds() if starts and ends else float("nan"),
         "invocation_seconds": invocation,
-        "epochs": sum(len(t.intermediate_values) for t in done),
-        "trials": len(done),
-        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in done),
-        "best": result.outputs["tune"].best_value,
-        "metric": result.objective.metric,
-        "maximize": result.objective.maximize,
+        "epochs": sum(len(t.intermediate_values) for t in done_trials),
+        "trials": len(done_trials),
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in done_trials),
+        "best": study.best_value,
+        "metric": next(
+            k.removeprefix("best_val_") for k in tune_run.data.metrics if k.startswith("best_val_")
+        ),
+        "maximize": study.direction == optuna.study.StudyDirection.MAXIMIZE,
     }
 
 
@@ -131,6 +156,7 @@ def parallel(
     repeats: int,
     cores: int,
     quick: bool,
+    whole_space: bool = False,
 ) -> None:
     """Trials per minute with one worker process against two, without pruning."""
     default_one, default_two = "1 worker, default threads", "2 workers, default threads"
@@ -141,9 +167,18 @@ def parallel(
         f"1 worker x {cores} threads": {"n_jobs": 1, "threads": cores},
         default_two: {"n_jobs": 2, "threads": None},
     }
+    space = () if whole_space else EQUAL_COST_TRIALS
     print(f"\nparallelism: {trials} trials x {epochs} epochs on {data}, no pruning", flush=True)
     labels = {name: "par-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") for name in variants}
-    found = rounds({labels[n]: {"pruner": "none", **v} for n, v in variants.items()}, repeats, root, common)
+    found = rounds(
+        {
+            labels[n]: {"pruner": "none", "fresh_process": True, "overrides": space, **v}
+            for n, v in variants.items()
+        },
+        repeats,
+        root,
+        common,
+    )
     rows, rate, search_rate = [], {}, {}
     for name in variants:
         runs = found[labels[name]]
@@ -163,15 +198,26 @@ def parallel(
         )
     report.section(
         f"Parallel workers ({data}, {trials} trials x {epochs} epochs, no pruning)",
-        "Trials per minute from the tune stage's wall time and from the trials' own first start "
-        "and last end (search only). Extra workers are spawned as the pipeline starts and import "
-        "while the data is prepared; what is left of their start-up counts in both. The whole "
-        f"invocation (prepare + tune) is shown for scale. Median of {repeats} alternating "
-        "repeat(s).\n\n"
+        (
+            "The whole default search space (--whole-space): trials differ in cost, and one worker "
+            "and two sample different points. "
+            if whole_space
+            else "The default search space without batch size and layer widths (learning rate, "
+            "weight decay, dropout and activation vary), so that every trial costs about the same "
+            "whichever points the workers sample. "
+        )
+        + "Each configuration runs as `python -m pipeline stages=[prepare,tune] tune.n_jobs=N ...` "
+        "in a fresh process, the command `make sweep` runs, so every process pays the start-up a "
+        "user pays. Trials per minute from the tune stage's wall time (its MLflow run) and from the "
+        "trials' own first start and last end (search only); the whole command is shown for scale. "
+        "Extra workers are spawned as the command starts and warm up while the main process "
+        "imports and prepares the data; "
+        "what is left of their start-up counts in every figure. Median of "
+        f"{repeats} alternating repeat(s).\n\n"
         + markdown_table(
             [
                 "configuration",
-                "invocation s",
+                "command s",
                 "tune stage s",
                 "range",
                 "trials/min (stage)",
@@ -190,6 +236,13 @@ def parallel(
             f">= {target}",
             speedup >= target,
         )
+    commands = {name: median([r["invocation_seconds"] for r in found[labels[name]]]) for name in variants}
+    report.headline(
+        f"whole command, {default_one} / {default_two} (time ratio)",
+        round(commands[default_one] / commands[default_two], 3),
+        "info",
+        None,
+    )
     one_all = f"1 worker x {cores} threads"
     report.headline(
         f"trials/min (tune stage), {default_two} / {one_all}",
@@ -380,6 +433,11 @@ def main() -> None:
     )
     p.add_argument("--skip", choices=("pruning", "parallel"), default=None, help="leave one part out")
     p.add_argument(
+        "--whole-space",
+        action="store_true",
+        help="parallel comparison on the whole default space (trials of unequal cost)",
+    )
+    p.add_argument(
         "--seeds",
         default="42",
         help="comma-separated seeds for the pruning comparison: the first is the benchmark's, "
@@ -450,6 +508,7 @@ def main() -> None:
                 repeats,
                 cores,
                 args.quick,
+                args.whole_space,
             )
     if repeats < 3:
         report.note(f"only {repeats} repeat(s) per configuration: times are indicative only")

@@ -32,11 +32,17 @@ def main(cfg: DictConfig) -> float | None:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
+    from pipeline.stages.tune import start_workers
+
+    # before the stages' imports (seconds): spawned tuning workers import at the same time
+    pool = start_workers(cfg)
     from pipeline.runner import quiet_libraries, run_pipeline, summary_lines
 
     quiet_libraries()
     try:
-        result = run_pipeline(cfg, progress=sys.stderr.isatty() or bool(cfg.get("progress", False)))
+        result = run_pipeline(
+            cfg, progress=sys.stderr.isatty() or bool(cfg.get("progress", False)), pool=pool
+        )
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)

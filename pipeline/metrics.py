@@ -5,13 +5,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
-from sklearn import metrics as skm
 
 from pipeline.errors import ConfigError
 
 CLASSIFICATION = ("binary", "multiclass")
+
+
+def _sklearn() -> ModuleType:
+    # imported on first use: a tuning worker that scores accuracy or rmse starts without paying
+    # the 1.5 s scikit-learn import
+    from sklearn import metrics
+
+    return metrics
 
 
 @dataclass(frozen=True)
@@ -29,8 +37,8 @@ def _roc_auc(y: np.ndarray, _pred: np.ndarray, proba: np.ndarray | None) -> floa
     if len(np.unique(y)) < 2:
         return float("nan")
     if proba.shape[1] == 2:
-        return float(skm.roc_auc_score(y, proba[:, 1]))
-    return float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=labels))
+        return float(_sklearn().roc_auc_score(y, proba[:, 1]))
+    return float(_sklearn().roc_auc_score(y, proba, multi_class="ovr", labels=labels))
 
 
 def _log_loss(y: np.ndarray, _pred: np.ndarray, proba: np.ndarray | None) -> float:
@@ -39,7 +47,7 @@ def _log_loss(y: np.ndarray, _pred: np.ndarray, proba: np.ndarray | None) -> flo
     # sum of exactly one by ~1e-7, which scikit-learn warns about on every call
     clipped = np.clip(np.asarray(proba, dtype=np.float64), 1e-7, 1.0)
     clipped /= clipped.sum(axis=1, keepdims=True)
-    return float(skm.log_loss(y, clipped, labels=np.arange(proba.shape[1])))
+    return float(_sklearn().log_loss(y, clipped, labels=np.arange(proba.shape[1])))
 
 
 def _brier(y: np.ndarray, _pred: np.ndarray, proba: np.ndarray | None) -> float:
@@ -75,33 +83,35 @@ METRICS: dict[str, Metric] = {
             "balanced_accuracy",
             "maximize",
             CLASSIFICATION,
-            lambda y, p, _: float(skm.balanced_accuracy_score(y, p)),
+            lambda y, p, _: float(_sklearn().balanced_accuracy_score(y, p)),
         ),
         Metric(
             "precision_macro",
             "maximize",
             CLASSIFICATION,
-            lambda y, p, _: float(skm.precision_score(y, p, average="macro", zero_division=0)),
+            lambda y, p, _: float(_sklearn().precision_score(y, p, average="macro", zero_division=0)),
         ),
         Metric(
             "recall_macro",
             "maximize",
             CLASSIFICATION,
-            lambda y, p, _: float(skm.recall_score(y, p, average="macro", zero_division=0)),
+            lambda y, p, _: float(_sklearn().recall_score(y, p, average="macro", zero_division=0)),
         ),
         Metric(
             "f1_macro",
             "maximize",
             CLASSIFICATION,
-            lambda y, p, _: float(skm.f1_score(y, p, average="macro", zero_division=0)),
+            lambda y, p, _: float(_sklearn().f1_score(y, p, average="macro", zero_division=0)),
         ),
         Metric("roc_auc", "maximize", CLASSIFICATION, _roc_auc),
         Metric("log_loss", "minimize", CLASSIFICATION, _log_loss),
         Metric("brier", "minimize", CLASSIFICATION, _brier),
         Metric("ece", "minimize", CLASSIFICATION, lambda y, _p, proba: expected_calibration_error(y, proba)),
         Metric("rmse", "minimize", ("regression",), _rmse),
-        Metric("mae", "minimize", ("regression",), lambda y, p, _: float(skm.mean_absolute_error(y, p))),
-        Metric("r2", "maximize", ("regression",), lambda y, p, _: float(skm.r2_score(y, p))),
+        Metric(
+            "mae", "minimize", ("regression",), lambda y, p, _: float(_sklearn().mean_absolute_error(y, p))
+        ),
+        Metric("r2", "maximize", ("regression",), lambda y, p, _: float(_sklearn().r2_score(y, p))),
     ]
 }
 

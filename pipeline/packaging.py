@@ -1,5 +1,5 @@
 """The registered model as an MLflow pyfunc bundling preprocessing and network: raw feature rows
-in (numeric columns as double, text as nullable string), `prediction` and `proba_<class>` out.
+in (numeric columns as numbers of any dtype or missing, text as nullable string), `prediction` and `proba_<class>` out.
 The package travels with the model (code_paths), so loading does not depend on where it runs."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types.schema import ColSpec, Schema
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from pipeline.data import NUMERIC
 from pipeline.predictor import PREPROCESSING_FILE, SPEC_FILE, WEIGHTS_FILE, Predictor
@@ -46,8 +46,11 @@ class PipelineModel(mlflow.pyfunc.PythonModel):
 
 
 def signature(predictor: Predictor) -> ModelSignature:
+    # numeric columns are declared Any, not double: MLflow refuses an int64 column for a double
+    # one (a table read with pandas has int64 columns wherever a batch has no missing value) and
+    # a missing value for a long one; the model itself checks that they are numeric
     inputs = [
-        ColSpec("double" if kind == NUMERIC else "string", column)
+        ColSpec(AnyType() if kind == NUMERIC else "string", column)
         for column, kind in predictor.preprocessing.column_types.items()
     ]
     classes = predictor.preprocessing.classes

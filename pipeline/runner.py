@@ -21,7 +21,7 @@ from pipeline.stages.evaluate import Evaluation, comparison_markdown, evaluate
 from pipeline.stages.prepare import PreparedData, prepare, prepared_digest, read_source
 from pipeline.stages.register import Decision, register
 from pipeline.stages.train import TrainedModel, train
-from pipeline.stages.tune import TuneResult, open_study, study_figures, trials_frame, tune
+from pipeline.stages.tune import TuneResult, open_study, start_workers, study_figures, trials_frame, tune
 
 log = logging.getLogger(__name__)
 OUTPUT_TYPES = {
@@ -463,16 +463,14 @@ STAGE_RUNNERS = {
 }
 
 
-def run_pipeline(cfg: DictConfig, progress: bool = False) -> PipelineResult:
-    """Validate the config, then run the chosen stages; errors end every open run FAILED or KILLED."""
+def run_pipeline(cfg: DictConfig, progress: bool = False, pool: Any = None) -> PipelineResult:
+    """Validate the config, then run the chosen stages; errors end every open run FAILED or KILLED.
+    `pool`: tuning workers the caller started earlier (`start_workers`); closed here."""
     started = time.perf_counter()
     validate(cfg)
     stages = [s for s in STAGES if s in cfg.stages]
-    pool = None
-    if "tune" in stages and int(cfg.tune.n_jobs) > 1:
-        from pipeline.stages.tune import WorkerPool
-
-        pool = WorkerPool(int(cfg.tune.n_jobs) - 1)  # they import while the data is read and prepared
+    if pool is None:
+        pool = start_workers(cfg)  # they import while the data is read and prepared
     try:
         return _run_stages(cfg, stages, started, progress, pool)
     finally:

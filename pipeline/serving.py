@@ -143,6 +143,10 @@ def serve(cfg: DictConfig, host: str | None, port: int | None, model_uri: str | 
     os.execve(command[0], command, child_env(target.tracking_uri))
 
 
+# a registered model declares its numeric feature columns Any (see packaging.signature)
+NUMERIC_KINDS = ("double", "float", "long", "integer", "Any")
+
+
 def _read_input(path: Path, schema: Any) -> Any:
     """The rows to score, with each model input column in the type the signature declares."""
     import pandas as pd
@@ -173,7 +177,7 @@ def _read_input(path: Path, schema: Any) -> Any:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise ServingError(f"input file {str(path)!r} lacks the model's input column(s): {shown}")
     for name, kind in kinds.items():
-        if kind in ("double", "float", "long", "integer"):
+        if kind in NUMERIC_KINDS:
             values = pd.to_numeric(frame[name], errors="coerce")
             bad = values.isna() & frame[name].notna()
             if bad.any():
@@ -181,7 +185,7 @@ def _read_input(path: Path, schema: Any) -> Any:
                 raise ServingError(
                     f"column {name!r} must be numeric; data row {row + 1} holds {frame[name].iloc[row]!r}"
                 )
-            frame[name] = values.astype("float64") if kind in ("double", "float") else values
+            frame[name] = values.astype("float64") if kind not in ("long", "integer") else values
         elif kind == "string":
             column = frame[name].astype(object)
             frame[name] = column.where(column.notna(), None)

@@ -108,6 +108,15 @@ def _make_optimizer(params: Any, train_cfg: Any) -> torch.optim.Optimizer:
     return optimizer(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
 
 
+def warm_up() -> None:
+    """Pay torch's one-off costs before a first trial needs them: the first optimizer imports
+    torch._dynamo (seconds), the first backward pass sets up autograd."""
+    layer = nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(layer.parameters())
+    F.cross_entropy(layer(torch.zeros(2, 4)), torch.zeros(2, dtype=torch.long)).backward()
+    optimizer.step()
+
+
 def _loss_fn(
     task: str, train_cfg: Any, y_train: np.ndarray, n_classes: int, device: torch.device
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -144,7 +144,8 @@ def test_regression_semicolon_latin1_end_to_end(make_cfg, tmp_path):
     assert prepared.task == "regression" and prepared.preprocessing.classes is None
     assert set(prepared.preprocessing.columns) == {"région", "surface", "pièces"}
     out = mlflow.pyfunc.load_model(MODEL).predict(
-        pd.DataFrame({"région": ["Bretagne", "Alsace"], "surface": [50.0, None], "pièces": [2.0, 3.0]})
+        # "pièces" as pandas reads a file of whole numbers: int64
+        pd.DataFrame({"région": ["Bretagne", "Alsace"], "surface": [50.0, None], "pièces": [2, 3]})
     )
     assert list(out.columns) == ["prediction"] and np.isfinite(out["prediction"]).all()
 

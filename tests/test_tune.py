@@ -422,12 +422,16 @@ def test_two_worker_processes_share_the_study_without_duplicates(run_cli, fresh_
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
-def test_worker_pool_processes_exit_when_not_needed():
-    """Workers started early for a pipeline that ends before tuning (or needs fewer) exit on
-    close() instead of waiting forever."""
-    from pipeline.stages.tune import WorkerPool
+def test_worker_pool_is_started_only_for_parallel_tuning_and_exits_when_not_needed(make_cfg):
+    """The command line starts n_jobs - 1 workers before anything else when the stages tune in
+    parallel; workers of a pipeline that ends before tuning exit on close() instead of waiting
+    forever."""
+    from pipeline.stages.tune import start_workers
 
-    pool = WorkerPool(2)
+    assert start_workers(make_cfg("stages=[prepare,tune]", "tune.n_jobs=1")) is None
+    assert start_workers(make_cfg("stages=[prepare,train]", "tune.n_jobs=3")) is None
+    pool = start_workers(make_cfg("stages=[prepare,tune]", "tune.n_jobs=3"))
+    assert pool is not None
     assert len(pool) == 2 and all(p.is_alive() for p in pool.processes)
     pool.close()
     assert len(pool) == 0

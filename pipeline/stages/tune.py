@@ -517,23 +517,24 @@ def _worker_main(
 
 
 def _waiting_worker(jobs: Any) -> None:
-    """Entry point of a pooled worker: import the heavy libraries, then wait for a study to join
-    (or None: the pipeline ended before tuning)."""
-    import mlflow  # noqa: F401 - imported now, while the pipeline reads and prepares the data
+    """Entry point of a pooled worker: pay the one-off costs of a first trial (imports, torch's
+    first optimizer and backward pass), then wait for a study to join (or None: the pipeline ended
+    before tuning). All of it happens while the pipeline reads and prepares the data."""
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the store a first run opens
     import optuna  # noqa: F401
-    import torch  # noqa: F401
 
-    import pipeline.training  # noqa: F401
+    from pipeline.training import warm_up
 
+    warm_up()
     job = jobs.get()
     if job is not None:
         _worker_main(*job)
 
 
 class WorkerPool:
-    """Worker processes spawned as the pipeline starts (spawned, not forked), so the seconds each
-    spends importing torch, MLflow and Optuna pass while the pipeline reads and prepares the data
-    instead of delaying the study's second worker."""
+    """Worker processes spawned (not forked) as the command starts, so the seconds each spends
+    importing torch, MLflow and Optuna and warming up pass while the main process imports, reads
+    and prepares the data, instead of delaying the study's second worker."""
 
     def __init__(self, count: int):
         context = multiprocessing.get_context("spawn")
@@ -567,6 +568,14 @@ class WorkerPool:
         for jobs in self._jobs[self._given :]:
             jobs.put(None)
         self._given = len(self._jobs)
+
+
+def start_workers(cfg: DictConfig) -> WorkerPool | None:
+    """The extra tuning workers a run of `cfg` needs (tune among the stages, `tune.n_jobs` > 1),
+    started now so that their start-up overlaps whatever comes before the study."""
+    if "tune" not in cfg.stages or int(cfg.tune.n_jobs) <= 1:
+        return None
+    return WorkerPool(int(cfg.tune.n_jobs) - 1)
 
 
 def tune(
