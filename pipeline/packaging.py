@@ -1,6 +1,7 @@
 """The registered model as an MLflow pyfunc bundling preprocessing and network: raw feature rows
-in (numeric columns as numbers of any dtype or missing, text as nullable string), `prediction` and `proba_<class>` out.
-The package travels with the model (code_paths), so loading does not depend on where it runs."""
+in (numeric columns as numbers of any dtype, text as nullable strings, missing values in both),
+`prediction` and `proba_<class>` out. The package travels with the model (code_paths), so loading
+does not depend on where it runs."""
 
 from __future__ import annotations
 

@@ -21,7 +21,15 @@ from pipeline.stages.evaluate import Evaluation, comparison_markdown, evaluate
 from pipeline.stages.prepare import PreparedData, prepare, prepared_digest, read_source
 from pipeline.stages.register import Decision, register
 from pipeline.stages.train import TrainedModel, train
-from pipeline.stages.tune import TuneResult, open_study, start_workers, study_figures, trials_frame, tune
+from pipeline.stages.tune import (
+    TuneResult,
+    WorkerPool,
+    open_study,
+    start_workers,
+    study_figures,
+    trials_frame,
+    tune,
+)
 
 log = logging.getLogger(__name__)
 OUTPUT_TYPES = {
@@ -82,7 +90,7 @@ class _Context:
         self.table: Any = None  # the source table, read once
         self.inspected: Any = None  # (frame, inspection) of the source table, checked once
         self.git: dict[str, str] = {}
-        self.pool: Any = None  # tuning workers started early (tune.n_jobs > 1)
+        self.pool: WorkerPool | None = None  # tuning workers started early (tune.n_jobs > 1)
 
     def filters(self, stage: str) -> dict[str, str]:
         found = {"data.digest": self.data_digest}
@@ -463,7 +471,7 @@ STAGE_RUNNERS = {
 }
 
 
-def run_pipeline(cfg: DictConfig, progress: bool = False, pool: Any = None) -> PipelineResult:
+def run_pipeline(cfg: DictConfig, progress: bool = False, pool: WorkerPool | None = None) -> PipelineResult:
     """Validate the config, then run the chosen stages; errors end every open run FAILED or KILLED.
     `pool`: tuning workers the caller started earlier (`start_workers`); closed here."""
     started = time.perf_counter()
@@ -479,7 +487,7 @@ def run_pipeline(cfg: DictConfig, progress: bool = False, pool: Any = None) -> P
 
 
 def _run_stages(
-    cfg: DictConfig, stages: list[str], started: float, progress: bool, pool: Any
+    cfg: DictConfig, stages: list[str], started: float, progress: bool, pool: WorkerPool | None
 ) -> PipelineResult:
     table = read_source(cfg.data)
     from pipeline.data import inspect as inspect_table

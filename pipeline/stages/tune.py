@@ -521,7 +521,6 @@ def _waiting_worker(jobs: Any) -> None:
     first optimizer and backward pass), then wait for a study to join (or None: the pipeline ended
     before tuning). All of it happens while the pipeline reads and prepares the data."""
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the store a first run opens
-    import optuna  # noqa: F401
 
     from pipeline.training import warm_up
 
