@@ -104,7 +104,7 @@ def child(path: Path, result: Path, threads: int, train: bool) -> None:
     from bench.common import compose, quiet
     from pipeline.metrics import resolve_objective
     from pipeline.stages.prepare import prepare, read_source
-    from pipeline.training import fit
+    from pipeline.training.loop import fit
 
     quiet()
     torch.set_num_threads(threads)
@@ -124,7 +124,7 @@ def child(path: Path, result: Path, threads: int, train: bool) -> None:
     read_seconds = time.perf_counter() - started
     table_bytes = int(table.frame.memory_usage(deep=True).sum())
     started = time.perf_counter()
-    prepared = prepare(cfg, table)
+    prepared = prepare(cfg.data, cfg.seed, table)
     prepare_seconds = time.perf_counter() - started
     out: dict[str, Any] = {
         "rows": int(len(table.frame)),

@@ -1,7 +1,7 @@
 """Tracking overhead: the train stage's training with MLflow tracking on against tracking off.
 
 "On" is what the runner does inside the train stage's MLflow run: every epoch's metrics go to a
-pipeline.tracking.MetricBuffer (batched log_batch writes) and the buffer is flushed at the end.
+pipeline.tracking.buffer.MetricBuffer (batched log_batch writes) and the buffer is flushed at the end.
 "Off" is the same pipeline.stages.train.train call with no callback. Both train the same fixed
 number of epochs (early stopping off) on a temporary SQLite store. The one-off model upload at
 the end of the stage is excluded from the ratio; the whole prepare+train invocation, one-off
@@ -49,28 +49,29 @@ def config(uri: str, threads: int, epochs: int, *extra: str) -> Any:
 def measure_training(report: Report, uri: str, data: str, threads: int, epochs: int, repeats: int) -> None:
     import mlflow
 
-    from pipeline import tracking
     from pipeline.metrics import resolve_objective
     from pipeline.stages.prepare import prepare
     from pipeline.stages.train import train
+    from pipeline.tracking.buffer import MetricBuffer
+    from pipeline.tracking.store import connect, run_scope
 
     cfg = config(uri, threads, epochs, f"data={data}")
-    experiment_id = tracking.connect(uri, cfg.tracking.experiment)
-    prepared = prepare(cfg)
+    experiment_id = connect(uri, cfg.tracking.experiment)
+    prepared = prepare(cfg.data, cfg.seed)
     objective = resolve_objective(None, None, prepared.task)
     run_costs: list[float] = []
     flush_counts: list[int] = []
 
     def off() -> float:
         started = time.perf_counter()
-        trained = train(cfg, prepared, objective, None, on_epoch=None)
+        trained = train(cfg.train, cfg.model, cfg.seed, prepared, objective, None, on_epoch=None)
         assert len(trained.history) == epochs
         return time.perf_counter() - started
 
     def on() -> float:
         opened = time.perf_counter()
-        with tracking.run_scope("train", experiment_id, {"stage": "train", "bench": "tracking"}) as run:
-            buffer = tracking.MetricBuffer(run.info.run_id)
+        with run_scope("train", experiment_id, {"stage": "train", "bench": "tracking"}) as run:
+            buffer = MetricBuffer(run.info.run_id)
             flushes = 0
             original = buffer.flush
 
@@ -81,7 +82,7 @@ def measure_training(report: Report, uri: str, data: str, threads: int, epochs: 
 
             buffer.flush = counting_flush  # type: ignore[method-assign]
             started = time.perf_counter()
-            trained = train(cfg, prepared, objective, None, on_epoch=buffer.add)
+            trained = train(cfg.train, cfg.model, cfg.seed, prepared, objective, None, on_epoch=buffer.add)
             buffer.flush()
             seconds = time.perf_counter() - started
         run_costs.append(time.perf_counter() - opened - seconds)

@@ -1,4 +1,4 @@
-"""Training speed: the engine (pipeline.training.fit) against a minimal hand-written PyTorch loop
+"""Training speed: the engine (pipeline.training.loop.fit) against a minimal hand-written PyTorch loop
 and against PyTorch Lightning, on digits and on a synthetic table, plus how epoch time grows
 with the number of rows.
 
@@ -51,7 +51,7 @@ def engine_config(threads: int, *extra: str) -> Any:
 def synthetic(n_train: int, n_features: int = 50, seed: int = 0) -> Any:
     """A binary table with a linear signal and noise; validation has a sixth of the training
     rows."""
-    from pipeline.training import TrainingData
+    from pipeline.training.tensors import TrainingData
 
     rng = np.random.default_rng(seed)
     n_val = max(200, n_train // 6)
@@ -71,12 +71,12 @@ def digits(threads: int) -> Any:
     from pipeline.stages.prepare import prepare
 
     cfg = engine_config(threads, "data=digits", "tracking.enabled=false")
-    return prepare(cfg).training_data()
+    return prepare(cfg.data, cfg.seed).training_data()
 
 
 def run_engine(cfg: Any, data: Any, epochs: int, seed: int = 0) -> dict[str, Any]:
     from pipeline.metrics import resolve_objective
-    from pipeline.training import fit
+    from pipeline.training.loop import fit
 
     objective = resolve_objective(None, None, data.task)
     result = fit(cfg.train, cfg.model, data, objective, seed, epochs=epochs)

@@ -63,7 +63,7 @@ def run_search(
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from pipeline.stages.tune import make_storage
+    from pipeline.tuning.study import make_storage
 
     label = label.replace("=", "")  # a Hydra override value cannot hold '='
     folder = root / label

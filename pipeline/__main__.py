@@ -16,9 +16,14 @@ register_schemas()
 
 
 def _terminate(signum: int, frame: object) -> None:
-    from pipeline.tracking import Terminated
+    from pipeline.errors import Terminated
 
     raise Terminated(f"signal {signum}")
+
+
+def _fail(exc: Exception) -> None:
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    sys.exit(getattr(exc, "exit_code", 2))
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
@@ -30,22 +35,21 @@ def main(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)  # before the heavy imports: a bad value is reported in a second
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(exc.exit_code)
-    from pipeline.stages.tune import start_workers
+        _fail(exc)
+    from pipeline.tuning.workers import start_workers
 
     # before the stages' imports (seconds): spawned tuning workers import at the same time
     pool = start_workers(cfg)
-    from pipeline.runner import quiet_libraries, run_pipeline, summary_lines
+    from pipeline.console import quiet_libraries
+    from pipeline.runner import run_pipeline
+    from pipeline.summary import summary_lines
 
     quiet_libraries()
+    progress = sys.stderr.isatty() if cfg.progress is None else bool(cfg.progress)
     try:
-        result = run_pipeline(
-            cfg, progress=sys.stderr.isatty() or bool(cfg.get("progress", False)), pool=pool
-        )
+        result = run_pipeline(cfg, progress=progress, pool=pool, checked=True)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(exc.exit_code)
+        _fail(exc)
     except KeyboardInterrupt:
         print("interrupted: open runs were marked KILLED", file=sys.stderr, flush=True)
         sys.exit(130)

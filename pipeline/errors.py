@@ -21,3 +21,7 @@ class UpstreamMissing(PipelineError):
 
 class TrainingDiverged(PipelineError):
     """The loss became NaN or infinite."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that runs end KILLED like after Ctrl-C."""

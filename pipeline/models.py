@@ -11,9 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.config.choices import ACTIVATIONS, NETWORKS, NORMS
 from pipeline.errors import ConfigError
-
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
 @dataclass
@@ -60,12 +59,6 @@ def network_spec(
     )
 
 
-def _norm(kind: str, width: int) -> nn.Module:
-    return {"batch": lambda: nn.BatchNorm1d(width), "layer": lambda: nn.LayerNorm(width)}.get(
-        kind, nn.Identity
-    )()
-
-
 class MLP(nn.Module):
     def __init__(self, spec: NetworkSpec):
         super().__init__()
@@ -74,7 +67,7 @@ class MLP(nn.Module):
         for hidden in spec.hidden:
             layers += [
                 nn.Linear(width, hidden),
-                _norm(spec.norm, hidden),
+                NORMS[spec.norm](hidden),
                 ACTIVATIONS[spec.activation](),
                 nn.Dropout(spec.dropout),
             ]
@@ -120,7 +113,7 @@ class CNN(nn.Module):
 
 
 def build_network(spec: NetworkSpec) -> nn.Module:
-    return CNN(spec) if spec.kind == "cnn" else MLP(spec)
+    return NETWORKS[spec.kind](spec)
 
 
 def parameter_count(network: nn.Module) -> int:

@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.preprocessing import OneHotEncoder
 
-from pipeline.data import CATEGORICAL, NUMERIC, coerce_features
+from pipeline.data.inspection import CATEGORICAL, NUMERIC, coerce_features
 
 TRANSFORM_CHUNK_ROWS = 65_536
 

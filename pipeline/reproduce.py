@@ -12,11 +12,13 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import tracking
 from pipeline.config import PipelineConfig
+from pipeline.console import quiet_libraries
 from pipeline.errors import PipelineError
-from pipeline.runner import PipelineResult, quiet_libraries, run_pipeline
+from pipeline.runner import PipelineResult, run_pipeline
 from pipeline.stages.prepare import prepared_digest, read_source
+from pipeline.tracking.provenance import git_state, mask
+from pipeline.tracking.store import tracking_uri as resolve_tracking_uri
 
 
 def original_config(run_id: str) -> DictConfig:
@@ -30,27 +32,27 @@ def reproduce(
     run_id: str, tracking_uri: str | None = None
 ) -> tuple[PipelineResult, dict[str, tuple[float, float]], list[str]]:
     """Returns the new result, {metric: (original, reproduced)} and warnings."""
-    uri = tracking.tracking_uri(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     try:
         parent = client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise PipelineError(f"RUN={run_id} is not a run in {tracking.mask(uri)}") from None
+        raise PipelineError(f"RUN={run_id} is not a run in {mask(uri)}") from None
     if parent.data.tags.get("stage") != "pipeline" or parent.info.status != "FINISHED":
         raise PipelineError(
             f"RUN={run_id} is not a finished pipeline run; give the parent run of `make pipeline`"
         )
     cfg = original_config(run_id)
     warnings = []
-    current = tracking.git_state()
+    current = git_state()
     if parent.data.tags.get("git.commit") != current["commit"]:
         warnings.append(
             f"the original ran at commit {parent.data.tags.get('git.commit')}, this tree is at {current['commit']}"
         )
     if parent.data.tags.get("git.dirty") == "true":
         warnings.append("the original ran on a tree with uncommitted changes (see its git.diff artifact)")
-    digest = prepared_digest(read_source(cfg.data).source_digest, cfg)
+    digest = prepared_digest(read_source(cfg.data).source_digest, cfg.data, cfg.seed)
     if digest != parent.data.tags.get("data.digest"):
         raise PipelineError(
             f"the data differs from the original run's (digest {digest[:8]} vs "

@@ -33,6 +33,13 @@ TINY = [
 register_schemas()
 
 
+def prepare_config(cfg: DictConfig):
+    """The prepare stage on a composed config (its data section and seed)."""
+    from pipeline.stages.prepare import prepare
+
+    return prepare(cfg.data, cfg.seed)
+
+
 @pytest.fixture(scope="session")
 def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow SQLite store whose schema is created once per session: creating it takes

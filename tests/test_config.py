@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import validate
 from pipeline.errors import ConfigError
-from pipeline.search_space import apply_values, parse_space, suggest, values_from_params
+from pipeline.tuning.space import apply_values, parse_space, suggest, values_from_params
 
 
 def _error_lines(stderr: str) -> list[str]:

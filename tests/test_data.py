@@ -10,13 +10,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import prepare_config
 from mlflow.tracking import MlflowClient
 
-from pipeline.data import card_markdown, infer_task, read_table
+from pipeline.data.card import card_markdown
+from pipeline.data.inspection import infer_task
+from pipeline.data.read import read_table
 from pipeline.errors import DataError
 from pipeline.runner import run_pipeline
 from pipeline.splitting import default_strategy, split_rows
-from pipeline.stages.prepare import prepare
 
 STAGES = "stages=[prepare,train,evaluate,register]"
 
@@ -131,7 +133,7 @@ def test_task_inference():
 def test_column_roles_and_card(make_cfg, tmp_path):
     path = write_csv(messy_table(), tmp_path / "rows.csv")
     cfg = make_cfg("data=table", f"data.path={path}", "data.target=label")
-    prepared = prepare(cfg)
+    prepared = prepare_config(cfg)
     card = prepared.card
     types = {c: f["type"] for c, f in card["features"].items()}
     assert types == {
@@ -156,7 +158,7 @@ def test_column_roles_and_card(make_cfg, tmp_path):
 
 def test_every_warning_is_in_the_card(make_cfg, tmp_path):
     path = write_csv(messy_table(), tmp_path / "rows.csv")
-    prepared = prepare(make_cfg("data=table", f"data.path={path}", "data.target=label"))
+    prepared = prepare_config(make_cfg("data=table", f"data.path={path}", "data.target=label"))
     card = prepared.card
     warnings = "\n".join(card["warnings"])
     assert "column 'notes' has no values and was dropped" in warnings
@@ -188,7 +190,7 @@ def test_mostly_numeric_text_and_row_numbers(make_cfg, tmp_path):
         }
     )
     path = write_csv(frame, tmp_path / "rows.csv")
-    prepared = prepare(make_cfg("data=table", f"data.path={path}", "data.target=y"))
+    prepared = prepare_config(make_cfg("data=table", f"data.path={path}", "data.target=y"))
     assert prepared.task == "regression" and prepared.card["split_strategy"] == "random"
     assert prepared.preprocessing.column_types == {"amount": "numeric", "size": "numeric"}
     assert prepared.card["dropped_columns"] == {"row": "looks like an identifier"}
@@ -205,7 +207,7 @@ def test_integer_labels_with_gaps_keep_their_values(make_cfg, tmp_path):
     frame = classes_table(80)
     frame["y"] = frame["y"].map({"a": 0, "b": 1}).astype(float)
     frame.loc[[0, 1], "y"] = np.nan  # read back as float64
-    prepared = prepare(
+    prepared = prepare_config(
         make_cfg("data=table", f"data.path={write_csv(frame, tmp_path / 'r.csv')}", "data.target=y")
     )
     assert prepared.preprocessing.classes == [0, 1]
@@ -214,7 +216,7 @@ def test_integer_labels_with_gaps_keep_their_values(make_cfg, tmp_path):
 
 def test_preprocessing_is_fitted_on_the_training_rows_only(make_cfg, tmp_path):
     path = write_csv(messy_table(), tmp_path / "rows.csv")
-    prepared = prepare(make_cfg("data=table", f"data.path={path}", "data.target=label"))
+    prepared = prepare_config(make_cfg("data=table", f"data.path={path}", "data.target=label"))
     numeric = prepared.preprocessing.transformer.named_transformers_["numeric"]
     train = prepared.frames["train"][["x1", "x2", "visits", "income"]]
     everything = pd.concat([prepared.frames[s] for s in ("train", "val", "test")])[train.columns]
@@ -258,7 +260,7 @@ def test_chunked_transform_equals_one_pass(wide, monkeypatch):
     from sklearn.compose import ColumnTransformer
 
     from pipeline import preprocessing
-    from pipeline.data import CATEGORICAL, NUMERIC, coerce_features
+    from pipeline.data.inspection import CATEGORICAL, NUMERIC, coerce_features
 
     rng = np.random.default_rng(0)
     n = 1000
@@ -288,7 +290,7 @@ def test_prepared_rows_hold_the_table_once(make_cfg, tmp_path):
 
     path = write_csv(messy_table(), tmp_path / "rows.csv")
     cfg = make_cfg("data=table", f"data.path={path}", "data.target=label")
-    prepared = prepare(cfg)
+    prepared = prepare_config(cfg)
     assert prepared.rows["color"].dtype == "category"
     assert prepared.frames["test"]["color"].dtype == "str"
     assert sum(len(prepared.frames[s]) for s in prepared.frames) == len(prepared.rows)
@@ -337,14 +339,14 @@ def test_prepare_with_group_and_time_splits(make_cfg, tmp_path):
     frame["store_size"] = frame["store"].str[1:].astype(float) * 1.5
     frame["day_number"] = (pd.to_datetime(frame["day"]) - pd.Timestamp("2024-01-01")).dt.days + 0.5
     path = write_csv(frame, tmp_path / "rows.csv")
-    grouped = prepare(
+    grouped = prepare_config(
         make_cfg("data=table", f"data.path={path}", "data.target=label", "data.split.group=store")
     )
     assert grouped.card["split_strategy"] == "group"
     assert grouped.card["dropped_columns"]["store"] == "used for the group split"
     sizes = [set(grouped.frames[s]["store_size"]) for s in ("train", "val", "test")]
     assert not (sizes[0] & sizes[1] or sizes[0] & sizes[2] or sizes[1] & sizes[2])
-    timed = prepare(
+    timed = prepare_config(
         make_cfg(
             "data=table",
             f"data.path={path}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import prepare_config
 from sklearn import metrics as skm
 
 from pipeline.metrics import Objective, expected_calibration_error, resolve_objective, task_metrics
@@ -16,7 +17,6 @@ from pipeline.stages.evaluate import (
     fit_baselines,
     verdict_line,
 )
-from pipeline.stages.prepare import prepare
 
 
 def _proba(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -119,28 +119,33 @@ def test_objective_defaults_and_direction():
 
 @pytest.fixture
 def prepared(make_cfg):
-    return prepare(make_cfg("data=wine", "tracking.enabled=false"))
+    return prepare_config(make_cfg("data=wine", "tracking.enabled=false"))
 
 
 def test_baselines_train_and_score_on_the_prepared_split(make_cfg, prepared, monkeypatch):
     cfg = make_cfg("data=wine", "evaluate.baselines=[dummy,linear]")
     objective = resolve_objective(None, None, prepared.task)
     fitted: dict[str, tuple] = {}
-    original = evaluate_stage._baseline_model
 
-    def recording(name, task, seed):
-        model = original(name, task, seed)
-        fit = model.fit
+    def recording(name):
+        original = evaluate_stage.BASELINES[name]
 
-        def record(x, y):
-            fitted[name] = (model, x, y)
-            return fit(x, y)
+        def build(task, seed):
+            model = original(task, seed)
+            fit = model.fit
 
-        model.fit = record
-        return model
+            def record(x, y):
+                fitted[name] = (model, x, y)
+                return fit(x, y)
 
-    monkeypatch.setattr(evaluate_stage, "_baseline_model", recording)
-    rows, test_predictions, notes = fit_baselines(cfg, prepared, objective)
+            model.fit = record
+            return model
+
+        return build
+
+    for name in ("dummy", "linear"):
+        monkeypatch.setitem(evaluate_stage.BASELINES, name, recording(name))
+    rows, test_predictions, notes = fit_baselines(cfg.evaluate, cfg.seed, prepared, objective)
 
     assert [r["model"] for r in rows] == ["dummy", "linear"] and notes == []
     for row in rows:
@@ -197,11 +202,13 @@ def test_best_baseline_is_chosen_by_the_val_objective(make_cfg, prepared, monkey
         "random_forest": (y, onehot),
     }
     monkeypatch.setattr(evaluate_stage, "fit_baselines", lambda *a: (rows, predictions, []))
-    result = evaluate(cfg, prepared, _FixedPredictor(y, onehot), objective, with_figures=False)
+    result = evaluate(
+        cfg.evaluate, cfg.seed, prepared, _FixedPredictor(y, onehot), objective, with_figures=False
+    )
     assert result.best_baseline == "dummy"
     assert "majority class" in result.verdict
-    assert result.baselines[0]["model"] == "network"
-    assert [r["model"] for r in result.baselines[1:]] == ["random_forest", "linear", "dummy"]
+    assert [r["model"] for r in result.baselines] == ["random_forest", "linear", "dummy"]
+    assert [r["model"] for r in result.rows()] == ["network", "random_forest", "linear", "dummy"]
 
 
 def test_evaluate_end_to_end_on_real_baselines(make_cfg, prepared):
@@ -209,8 +216,10 @@ def test_evaluate_end_to_end_on_real_baselines(make_cfg, prepared):
     objective = resolve_objective(None, None, prepared.task)
     y = prepared.targets["test"]
     proba = np.eye(prepared.n_classes)[y]  # a perfect "network"
-    result = evaluate(cfg, prepared, _FixedPredictor(y, proba), objective, with_figures=False)
-    baselines = result.baselines[1:]
+    result = evaluate(
+        cfg.evaluate, cfg.seed, prepared, _FixedPredictor(y, proba), objective, with_figures=False
+    )
+    baselines = result.baselines
     best = max(baselines, key=lambda r: r["val_accuracy"])["model"]
     assert result.best_baseline == best
     assert result.metrics["accuracy"] == 1.0

@@ -23,8 +23,8 @@ import pytest
 from conftest import CONF, ROOT, TINY
 from hydra import compose, initialize_config_dir
 
-from pipeline import serving
 from pipeline.runner import run_pipeline
+from pipeline.serving import cli as serving
 
 MODEL = "table-mlp"
 LABELS = ["no", "yes"]

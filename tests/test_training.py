@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import prepare_config
 from mlflow.tracking import MlflowClient
 from torch.nn import functional as F
 
@@ -15,8 +16,9 @@ from pipeline.errors import ConfigError, TrainingDiverged
 from pipeline.metrics import resolve_objective
 from pipeline.models import ImageAugmentation
 from pipeline.runner import run_pipeline
-from pipeline.stages.prepare import prepare
-from pipeline.training import TrainingData, fit, network_outputs, predict, select_device
+from pipeline.training.loop import fit
+from pipeline.training.setup import select_device
+from pipeline.training.tensors import TrainingData, network_outputs, predict
 
 _DATA_CACHE: dict[str, TrainingData] = {}
 
@@ -24,7 +26,7 @@ _DATA_CACHE: dict[str, TrainingData] = {}
 def _data(make_cfg, name: str) -> TrainingData:
     """Prepared training data of a built-in data set (cached: preparing is deterministic)."""
     if name not in _DATA_CACHE:
-        _DATA_CACHE[name] = prepare(make_cfg(f"data={name}")).training_data()
+        _DATA_CACHE[name] = prepare_config(make_cfg(f"data={name}")).training_data()
     return _DATA_CACHE[name]
 
 
@@ -222,7 +224,7 @@ def test_train_stage_logs_every_epoch_to_mlflow(make_cfg):
     run = client.get_run(run_id)
     assert run.data.metrics["epochs_run"] == len(trained.history)
     assert run.data.metrics["best_epoch"] == trained.best_epoch
-    assert run.data.metrics["best_val_accuracy"] == pytest.approx(trained.best_val_score)
+    assert run.data.metrics["best_val_accuracy"] == pytest.approx(trained.best_score)
 
 
 def test_metric_buffer_writes_in_the_background_and_flush_waits(store):
@@ -231,12 +233,13 @@ def test_metric_buffer_writes_in_the_background_and_flush_waits(store):
     raised by flush(), not lost in the thread."""
     from mlflow.exceptions import MlflowException
 
-    from pipeline import tracking
+    from pipeline.tracking.buffer import MetricBuffer
+    from pipeline.tracking.store import connect
 
-    experiment_id = tracking.connect(store, "buffer")
+    experiment_id = connect(store, "buffer")
     client = MlflowClient()
     run_id = client.create_run(experiment_id).info.run_id
-    buffer = tracking.MetricBuffer(run_id, client=client, flush_seconds=0.0)
+    buffer = MetricBuffer(run_id, client=client, flush_seconds=0.0)
     for epoch in range(40):
         buffer.add(epoch, {"train_loss": 1.0 / (epoch + 1), "val_loss": 2.0 / (epoch + 1)})
     assert buffer._writer is not None and buffer._writer.is_alive()
@@ -247,7 +250,7 @@ def test_metric_buffer_writes_in_the_background_and_flush_waits(store):
     assert [m.value for m in history] == pytest.approx([1.0 / (e + 1) for e in range(40)])
     assert len(client.get_metric_history(run_id, "val_loss")) == 40
 
-    broken = tracking.MetricBuffer("no-such-run", client=client, flush_seconds=0.0)
+    broken = MetricBuffer("no-such-run", client=client, flush_seconds=0.0)
     broken.add(0, {"train_loss": 1.0})
     broken.add(1, {"train_loss": 0.5})
     with pytest.raises(MlflowException):

@@ -24,7 +24,8 @@ from pipeline.config import validate
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.metrics import Objective
 from pipeline.runner import run_pipeline
-from pipeline.stages.tune import PARENT_RUN_ATTR, RUN_ID_ATTR, open_study
+from pipeline.tuning.liveness import RUN_ID_ATTR
+from pipeline.tuning.study import PARENT_RUN_ATTR, open_study
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 TUNE = "stages=[prepare,tune]"
@@ -426,7 +427,7 @@ def test_worker_pool_is_started_only_for_parallel_tuning_and_exits_when_not_need
     """The command line starts n_jobs - 1 workers before anything else when the stages tune in
     parallel; workers of a pipeline that ends before tuning exit on close() instead of waiting
     forever."""
-    from pipeline.stages.tune import start_workers
+    from pipeline.tuning.workers import start_workers
 
     assert start_workers(make_cfg("stages=[prepare,tune]", "tune.n_jobs=1")) is None
     assert start_workers(make_cfg("stages=[prepare,train]", "tune.n_jobs=3")) is None

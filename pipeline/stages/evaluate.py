@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
 from scipy import sparse
 
-from pipeline import plots
+from pipeline.config.choices import BASELINES
+from pipeline.config.schema import EvaluateConfig
 from pipeline.metrics import METRICS, Objective, task_metrics
-from pipeline.predictor import Predictor
+from pipeline.stages import Stage, StageCall
 from pipeline.stages.prepare import PreparedData
 
 BASELINE_TITLES = {
@@ -32,17 +32,27 @@ BASELINE_TITLES = {
 class Evaluation:
     objective: str
     direction: str
-    metrics: dict[str, float]
-    baselines: list[dict[str, Any]]
+    metrics: dict[str, float]  # the network's, on the test split
+    baselines: list[dict[str, Any]]  # one row per baseline: val objective, test metrics, fit time
     best_baseline: str | None
     difference: float | None  # network minus best baseline, positive = network better
     interval: list[float] | None
     verdict: str
     notes: list[str] = field(default_factory=list)
+    network_val: float | None = None  # the network's validation objective, when known
     figures: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """The comparison: the network first, then each baseline."""
+        network = {
+            "model": "network",
+            f"val_{self.objective}": self.network_val,
+            **{f"test_{k}": v for k, v in self.metrics.items()},
+        }
+        return [network, *self.baselines]
+
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.baselines)
+        return pd.DataFrame(self.rows())
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -52,29 +62,11 @@ class Evaluation:
 
     @classmethod
     def load(cls, directory: Path) -> Evaluation:
-        return cls(**json.loads((directory / "evaluation.json").read_text()))
-
-
-def _baseline_model(name: str, task: str, seed: int) -> Any:
-    from sklearn import dummy, ensemble, linear_model
-
-    if task == "regression":
-        return {
-            "dummy": lambda: dummy.DummyRegressor(strategy="mean"),
-            "linear": lambda: linear_model.Ridge(alpha=1.0),
-            "random_forest": lambda: ensemble.RandomForestRegressor(
-                n_estimators=100, min_samples_leaf=2, n_jobs=-1, random_state=seed
-            ),
-            "hist_gradient_boosting": lambda: ensemble.HistGradientBoostingRegressor(random_state=seed),
-        }[name]()
-    return {
-        "dummy": lambda: dummy.DummyClassifier(strategy="prior"),
-        "linear": lambda: linear_model.LogisticRegression(max_iter=500),
-        "random_forest": lambda: ensemble.RandomForestClassifier(
-            n_estimators=100, n_jobs=-1, random_state=seed
-        ),
-        "hist_gradient_boosting": lambda: ensemble.HistGradientBoostingClassifier(random_state=seed),
-    }[name]()
+        values = json.loads((directory / "evaluation.json").read_text())
+        rows = values.get("baselines", [])
+        if rows and rows[0].get("model") == "network":  # saved when the network was row 0
+            rows.pop(0)
+        return cls(**values)
 
 
 def _predict(model: Any, x: Any, task: str, n_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -86,25 +78,25 @@ def _predict(model: Any, x: Any, task: str, n_classes: int) -> tuple[np.ndarray,
 
 
 def fit_baselines(
-    cfg: DictConfig, prepared: PreparedData, objective: Objective
+    evaluate_cfg: EvaluateConfig, seed: int, prepared: PreparedData, objective: Objective
 ) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray | None]], list[str]]:
     """Train each baseline on the training split; score it on val (for choosing) and test."""
-    task, seed, notes = prepared.task, int(cfg.seed), []
+    task, notes = prepared.task, []
     x_train, y_train = prepared.features["train"], prepared.targets["train"]
     rows, test_predictions = [], {}
-    for name in cfg.evaluate.baselines:
+    for name in evaluate_cfg.baselines:
         x_fit, y_fit = x_train, y_train
-        if name == "random_forest" and x_train.shape[0] > cfg.evaluate.forest_max_rows:
+        if name == "random_forest" and x_train.shape[0] > evaluate_cfg.forest_max_rows:
             chosen = np.random.default_rng(seed).choice(
-                x_train.shape[0], cfg.evaluate.forest_max_rows, replace=False
+                x_train.shape[0], evaluate_cfg.forest_max_rows, replace=False
             )
             x_fit, y_fit = x_train[chosen], y_train[chosen]
             notes.append(
-                f"random forest trained on a {cfg.evaluate.forest_max_rows}-row sample of "
+                f"random forest trained on a {evaluate_cfg.forest_max_rows}-row sample of "
                 f"{x_train.shape[0]} training rows (evaluate.forest_max_rows)"
             )
         dense = name == "hist_gradient_boosting" and sparse.issparse(x_fit)
-        model = _baseline_model(name, task, seed)
+        model = BASELINES[name](task, seed)
         started = time.perf_counter()
         model.fit(x_fit.toarray() if dense else x_fit, y_fit)
         seconds = time.perf_counter() - started
@@ -186,65 +178,69 @@ def verdict_line(metric: str, baseline: str, difference: float, interval: list[f
     )
 
 
+def _best_baseline(rows: list[dict[str, Any]], objective: Objective) -> str:
+    key = f"val_{objective.metric}"
+
+    def rank(row: dict[str, Any]) -> tuple[bool, float]:
+        # best val objective first; an undefined score (NaN, e.g. AUC on a one-class split) last
+        value = float(row[key])
+        return (bool(np.isnan(value)), -value if objective.maximize else value)
+
+    return min(rows, key=rank)["model"]
+
+
+def _figures(prepared: PreparedData, pred: np.ndarray, proba: np.ndarray | None, bins: int) -> dict[str, Any]:
+    from pipeline import plots
+
+    y = prepared.targets["test"]
+    if prepared.task == "regression":
+        return plots.regression(y, pred)
+    labels = list(prepared.preprocessing.classes or [])
+    return {
+        "confusion_matrix.png": plots.confusion(y, pred, labels),
+        **plots.roc_pr(y, proba, labels),
+        "calibration_curve.png": plots.calibration(y, proba, bins),
+    }
+
+
 def evaluate(
-    cfg: DictConfig,
+    evaluate_cfg: EvaluateConfig,
+    seed: int,
     prepared: PreparedData,
-    predictor: Predictor,
+    predictor: Any,
     objective: Objective,
     with_figures: bool = True,
 ) -> Evaluation:
-    task = prepared.task
+    """The network on the test split beside the baselines, and the verdict against the baseline
+    with the best validation objective."""
     y = prepared.targets["test"]
     pred, proba = predictor.predict_encoded(prepared.frames["test"])
-    metrics = task_metrics(task, y, pred, proba)
-    rows, baseline_predictions, notes = fit_baselines(cfg, prepared, objective)
-
+    rows, baseline_predictions, notes = fit_baselines(evaluate_cfg, seed, prepared, objective)
     best, difference, interval = None, None, None
     verdict = "no baselines were configured (evaluate.baselines=[])"
     if rows:
-        key = f"val_{objective.metric}"
-
-        def rank(row: dict[str, Any]) -> tuple[bool, float]:
-            # best val objective first; an undefined score (NaN, e.g. AUC on a one-class split) last
-            value = float(row[key])
-            return (bool(np.isnan(value)), -value if objective.maximize else value)
-
-        best = min(rows, key=rank)["model"]
+        best = _best_baseline(rows, objective)
         difference, interval = bootstrap_difference(
             objective,
             y,
             (pred, proba),
             baseline_predictions[best],
-            cfg.evaluate.bootstrap,
-            cfg.evaluate.confidence,
-            int(cfg.seed),
+            evaluate_cfg.bootstrap,
+            evaluate_cfg.confidence,
+            seed,
         )
         verdict = verdict_line(objective.metric, best, difference, interval)
-    network_row = {
-        "model": "network",
-        f"val_{objective.metric}": None,
-        **{f"test_{k}": v for k, v in metrics.items()},
-    }
-    figures: dict[str, Any] = {}
-    if with_figures:
-        if task == "regression":
-            figures.update(plots.regression(y, pred))
-        else:
-            labels = list(prepared.preprocessing.classes or [])
-            figures["confusion_matrix.png"] = plots.confusion(y, pred, labels)
-            figures.update(plots.roc_pr(y, proba, labels))
-            figures["calibration_curve.png"] = plots.calibration(y, proba, cfg.evaluate.calibration_bins)
     return Evaluation(
         objective=objective.metric,
         direction=objective.direction,
-        metrics=metrics,
-        baselines=[network_row, *rows],
+        metrics=task_metrics(prepared.task, y, pred, proba),
+        baselines=rows,
         best_baseline=best,
         difference=difference,
         interval=interval,
         verdict=verdict,
         notes=notes,
-        figures=figures,
+        figures=_figures(prepared, pred, proba, evaluate_cfg.calibration_bins) if with_figures else {},
     )
 
 
@@ -257,3 +253,51 @@ def comparison_markdown(evaluation: Evaluation) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"**Verdict:** {evaluation.verdict}"] + [f"- {n}" for n in evaluation.notes]
     return "\n".join(lines) + "\n"
+
+
+def run(call: StageCall) -> Evaluation:
+    predictor = call.upstream["train"].predictor(call.upstream["prepare"])
+    return evaluate(
+        call.cfg.evaluate,
+        int(call.cfg.seed),
+        call.upstream["prepare"],
+        predictor,
+        call.invocation.objective,
+        with_figures=call.recorder.enabled,
+    )
+
+
+def record(run: Any, evaluation: Evaluation, call: StageCall) -> None:
+    baseline_metrics = {
+        f"baseline.{row['model']}.{k}": v
+        for row in evaluation.baselines
+        for k, v in row.items()
+        if k.startswith(("val_", "test_")) and v is not None
+    }
+    difference = (
+        {} if evaluation.difference is None else {"network_minus_best_baseline": evaluation.difference}
+    )
+    run.log(
+        metrics={**{f"test_{k}": v for k, v in evaluation.metrics.items()}, **baseline_metrics, **difference},
+        tags={
+            "verdict": evaluation.verdict,
+            "best_baseline": evaluation.best_baseline or "",
+            "mlflow.note.content": comparison_markdown(evaluation),
+        },
+    )
+    run.files(
+        {
+            "comparison.csv": evaluation.table().to_csv(index=False),
+            "comparison.md": comparison_markdown(evaluation),
+        }
+    )
+    run.figures(evaluation.figures)
+
+
+STAGE = Stage(
+    name="evaluate",
+    needs=("prepare", "train"),
+    output=Evaluation,
+    run=run,
+    record=record,
+)

@@ -14,19 +14,15 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.data import (
-    Table,
-    card_markdown,
-    coerce_features,
-    config_digest,
-    data_card,
-    inspect,
-    load_builtin,
-    read_table,
-)
+from pipeline.config.schema import DataConfig
+from pipeline.data.card import card_markdown, data_card
+from pipeline.data.inspection import coerce_features, inspect
+from pipeline.data.read import Table, load_builtin, read_table
+from pipeline.digests import values_digest
 from pipeline.preprocessing import Preprocessing, build_preprocessor
 from pipeline.splitting import SPLITS, split_digests, split_rows
-from pipeline.training import TrainingData
+from pipeline.stages import Stage, StageCall
+from pipeline.training.tensors import TrainingData
 
 PREPARED_FORMAT = 2  # the saved layout; part of the data digest, so a change is a cache miss
 
@@ -128,27 +124,32 @@ def read_source(data_cfg: DictConfig) -> Table:
     return load_builtin(data_cfg.name)
 
 
-def data_settings(cfg: DictConfig) -> dict[str, Any]:
+def data_settings(data_cfg: DataConfig, seed: int) -> dict[str, Any]:
     """The settings that decide the prepared data (the path itself does not: its content does)."""
-    settings = OmegaConf.to_container(cfg.data, resolve=True)
+    settings = OmegaConf.to_container(data_cfg, resolve=True)
     assert isinstance(settings, dict)
     settings.pop("path", None)
-    return {"data": settings, "seed": int(cfg.seed)}
+    return {"data": settings, "seed": int(seed)}
 
 
-def prepared_digest(source_digest: str, cfg: DictConfig) -> str:
-    return config_digest({"source": source_digest, "format": PREPARED_FORMAT, **data_settings(cfg)})
+def prepared_digest(source_digest: str, data_cfg: DataConfig, seed: int) -> str:
+    return values_digest(
+        {"source": source_digest, "format": PREPARED_FORMAT, **data_settings(data_cfg, seed)}
+    )
 
 
 def prepare(
-    cfg: DictConfig, table: Table | None = None, inspected: tuple[pd.DataFrame, Any] | None = None
+    data_cfg: DataConfig,
+    seed: int,
+    table: Table | None = None,
+    inspected: tuple[pd.DataFrame, Any] | None = None,
 ) -> PreparedData:
     """Read and check (unless already done), split, and fit preprocessing on the training split."""
-    table = table or read_source(cfg.data)
-    frame, inspection = inspected or inspect(table, cfg.data)
+    table = table or read_source(data_cfg)
+    frame, inspection = inspected or inspect(table, data_cfg)
     target = frame[table.target]
     task = inspection.task
-    split_cfg = cfg.data.split
+    split_cfg = data_cfg.split
     strategy = inspection.split_strategy
     index = split_rows(
         frame,
@@ -156,7 +157,7 @@ def prepare(
         strategy,
         split_cfg.val_size,
         split_cfg.test_size,
-        int(cfg.seed),
+        int(seed),
         split_cfg.group,
         split_cfg.time,
     )
@@ -167,29 +168,73 @@ def prepare(
         None if task == "regression" else sorted(target.unique().tolist(), key=lambda v: (str(type(v)), v))
     )
     transformer = build_preprocessor(
-        inspection.column_types, table.image_shape is not None, cfg.data.rare_level_min_count
+        inspection.column_types, table.image_shape is not None, data_cfg.rare_level_min_count
     )
     transformer.fit(rows.iloc[index["train"]])
     preprocessing = Preprocessing(
         transformer,
         inspection.column_types,
         classes,
-        cfg.data.one_hot_sparse_above,
+        data_cfg.one_hot_sparse_above,
         table.image_shape,
     )
     targets = {s: preprocessing.encode_target(target.iloc[index[s]]) for s in SPLITS}
     card = data_card(table, frame, inspection, {s: int(len(index[s])) for s in SPLITS})
     card["split_strategy"] = strategy
     return PreparedData(
-        name=cfg.data.name,
+        name=data_cfg.name,
         task=task,
         target=table.target,
         rows=rows,
         index=index,
         targets=targets,
         preprocessing=preprocessing,
-        digest=prepared_digest(table.source_digest, cfg),
+        digest=prepared_digest(table.source_digest, data_cfg, seed),
         source_digest=table.source_digest,
         split_digests=split_digests(frame, index),
         card=card,
     )
+
+
+def run(call: StageCall) -> PreparedData:
+    source, inspected = call.invocation.source, call.invocation.inspected
+    return prepare(call.cfg.data, int(call.cfg.seed), source, inspected)
+
+
+def record(run: Any, prepared: PreparedData, call: StageCall) -> None:
+    if call.reused is None:
+        frame = prepared.frames["train"]
+        frame[prepared.target] = prepared.preprocessing.decode(prepared.targets["train"])
+        source = call.invocation.source.source if prepared.name == "table" else None
+        run.dataset(frame, source, prepared.target, prepared.name, prepared.source_digest[:32])
+    card = prepared.card
+    run.log(
+        params={
+            "data.task": prepared.task,
+            "data.split_strategy": card["split_strategy"],
+            **{f"data.rows.{k}": v for k, v in card["split_sizes"].items()},
+        },
+        metrics={
+            "data.warnings": card["warning_count"],
+            "data.features": prepared.features["train"].shape[1],
+        },
+        tags={
+            "data.source_digest": prepared.source_digest,
+            **{f"data.split_digest.{k}": v for k, v in prepared.split_digests.items()},
+        },
+    )
+
+
+def notes(prepared: PreparedData) -> list[str]:
+    return [f"warning: {warning}" for warning in prepared.card["warnings"]]
+
+
+STAGE = Stage(
+    name="prepare",
+    needs=(),
+    output=PreparedData,
+    run=run,
+    record=record,
+    reusable=lambda cfg: not cfg.prepare.force,
+    notes=notes,
+)

@@ -6,8 +6,6 @@ Otherwise the new version becomes `challenger`. Every decision is written down."
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from contextlib import nullcontext
@@ -15,13 +13,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from pipeline.config.schema import RegistryConfig
+from pipeline.errors import UpstreamMissing
 from pipeline.metrics import Objective
+from pipeline.stages import Stage, StageCall
 from pipeline.stages.prepare import PreparedData
+from pipeline.tracking import registry
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -62,7 +62,7 @@ def model_name(cfg: DictConfig) -> str:
 def score_model(model_uri: str, prepared: PreparedData, objective: Objective) -> tuple[float | None, str]:
     """Load a registered model and score it on this run's test rows; None when its inputs or
     classes do not match this data set (with the reason)."""
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = registry.load_model(model_uri)
     schema = model.metadata.get_input_schema()
     expected = set(prepared.preprocessing.columns)
     if schema is not None:
@@ -100,11 +100,14 @@ def _passes_min_score(objective: Objective, score: float, min_score: float | Non
 
 
 def decide(
-    cfg: DictConfig, name: str, version: str, new_score: float, prepared: PreparedData, objective: Objective
+    reg: RegistryConfig,
+    name: str,
+    version: str,
+    new_score: float,
+    prepared: PreparedData,
+    objective: Objective,
 ) -> Decision:
     """Compare with the current champion (scored now) and choose the alias."""
-    client = MlflowClient()
-    reg = cfg.registry
     decision = Decision(
         name,
         version,
@@ -117,10 +120,7 @@ def decide(
         min_delta=reg.min_delta,
         force=reg.force,
     )
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        champion = None
+    champion = registry.alias_version(name, CHAMPION)
     if not _passes_min_score(objective, new_score, reg.min_score):
         word = "below" if objective.maximize else "above"
         decision.reason = (
@@ -158,7 +158,8 @@ def decide(
 
 
 def register(
-    cfg: DictConfig,
+    reg: RegistryConfig,
+    name: str,
     prepared: PreparedData,
     model_uri: str,
     new_score: float,
@@ -167,29 +168,17 @@ def register(
     store_dir: Path | None,
 ) -> Decision:
     """Create the version, decide its alias behind the gate, and settle races with others."""
-    client = MlflowClient()
-    name = model_name(cfg)
     with _lock(store_dir, name):
-        try:
-            client.get_registered_model(name)
-        except mlflow.exceptions.MlflowException:
-            try:
-                client.create_registered_model(name)
-            except mlflow.exceptions.MlflowException:
-                pass  # created by a concurrent registration
-        with contextlib.redirect_stderr(io.StringIO()):  # MLflow prints registry chatter
-            version = str(
-                mlflow.register_model(model_uri, name, tags=tags, await_registration_for=60).version
-            )
-        decision = decide(cfg, name, version, new_score, prepared, objective)
-        client.set_registered_model_alias(name, decision.alias, version)
+        version = registry.create_version(name, model_uri, tags)
+        decision = decide(reg, name, version, new_score, prepared, objective)
+        registry.set_alias(name, decision.alias, version)
         if decision.alias == CHAMPION and store_dir is None:
-            decision = _settle(cfg, name, decision, prepared, objective)
+            decision = _settle(reg, name, decision, prepared, objective)
     return decision
 
 
 def _settle(
-    cfg: DictConfig,
+    reg: RegistryConfig,
     name: str,
     decision: Decision,
     prepared: PreparedData,
@@ -198,17 +187,65 @@ def _settle(
 ) -> Decision:
     """Against a shared server there is no lock: after setting champion, wait, re-read, and if
     another registration took the alias meanwhile, keep whichever scores better on our split."""
-    client = MlflowClient()
     for _ in range(rounds):
         time.sleep(1.0)
-        current = str(client.get_model_version_by_alias(name, CHAMPION).version)
+        held = registry.alias_version(name, CHAMPION)
+        current = held.version if held is not None else decision.version
         if current == decision.version:
             return decision
         score, _ = score_model(f"models:/{name}/{current}", prepared, objective)
-        if score is not None and not objective.better(decision.new_score, score, cfg.registry.min_delta):
-            client.set_registered_model_alias(name, CHALLENGER, decision.version)
+        if score is not None and not objective.better(decision.new_score, score, reg.min_delta):
+            registry.set_alias(name, CHALLENGER, decision.version)
             decision.alias, decision.champion_version, decision.champion_score = CHALLENGER, current, score
             decision.reason = f"a concurrent registration v{current} scored {score:.4f}, at least as good"
             return decision
-        client.set_registered_model_alias(name, CHAMPION, decision.version)
+        registry.set_alias(name, CHAMPION, decision.version)
     return decision
+
+
+def run(call: StageCall) -> Decision:
+    prepared: PreparedData = call.upstream["prepare"]
+    evaluation = call.upstream["evaluate"]
+    train_run = call.upstream_runs["train"]
+    model_uri = train_run.tags.get("model.uri")
+    if not model_uri:
+        raise UpstreamMissing(f"train run {train_run.run_id} logged no model; run stage train again")
+    objective, git = call.invocation.objective, call.invocation.git
+    tags = {
+        "git.commit": git["commit"],
+        "git.dirty": git["dirty"],
+        "data.digest": prepared.digest,
+        "config.digest": call.invocation.config_digest,
+        "train.run_id": train_run.run_id,
+        **{f"test_{k}": f"{v:.6g}" for k, v in evaluation.metrics.items()},
+    }
+    return register(
+        call.cfg.registry,
+        model_name(call.cfg),
+        prepared,
+        model_uri,
+        evaluation.metrics[objective.metric],
+        objective,
+        tags,
+        call.invocation.store_dir,
+    )
+
+
+def record(run: Any, decision: Decision, call: StageCall) -> None:
+    run.log(
+        tags={
+            "registry.model": decision.model_name,
+            "registry.version": decision.version,
+            "registry.alias": decision.alias,
+            "registry.reason": decision.reason,
+        }
+    )
+
+
+STAGE = Stage(
+    name="register",
+    needs=("prepare", "train", "evaluate"),
+    output=Decision,
+    run=run,
+    record=record,
+)

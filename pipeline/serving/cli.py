@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from pipeline.errors import PipelineError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
 
 
@@ -72,7 +72,8 @@ def resolve_target(cfg: DictConfig, model_uri: str | None = None) -> Target:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import local_store_dir, mask, tracking_uri
+    from pipeline.tracking.provenance import mask
+    from pipeline.tracking.store import local_store_dir, tracking_uri
 
     uri = model_uri or default_model_uri(cfg)
     store = tracking_uri(cfg.tracking.uri)
@@ -198,8 +199,6 @@ def predict(cfg: DictConfig, input_path: Path, output_path: Path, model_uri: str
     import mlflow
     import pandas as pd
 
-    from pipeline.data import ID_NAME
-
     target = resolve_target(cfg, model_uri)
     if not input_path.is_file():
         raise ServingError(
@@ -227,16 +226,8 @@ def predict(cfg: DictConfig, input_path: Path, output_path: Path, model_uri: str
                 f"the model rejected rows {start + 1}-{min(start + batch, len(inputs))}: {first}"
             ) from None
     seconds = time.perf_counter() - started
-    predictions = pd.concat(parts) if len(parts) > 1 else parts[0]
-    predictions = pd.DataFrame(predictions).reset_index(drop=True)
-    ids = [
-        c
-        for c in frame.columns
-        if ID_NAME.search(c)
-        and c not in predictions.columns
-        and (schema is None or c not in schema.input_names())
-    ]
-    out = pd.concat([frame[ids].reset_index(drop=True), predictions], axis=1) if ids else predictions
+    predictions = pd.DataFrame(pd.concat(parts) if len(parts) > 1 else parts[0]).reset_index(drop=True)
+    out = _with_ids(frame, predictions, schema.input_names() if schema is not None else [])
     output_path.parent.mkdir(parents=True, exist_ok=True)
     if output_path.suffix.lower() in (".parquet", ".pq"):
         out.to_parquet(output_path, index=False)
@@ -254,6 +245,16 @@ def predict(cfg: DictConfig, input_path: Path, output_path: Path, model_uri: str
         "rows_per_second": rate,
         "columns": list(out.columns),
     }
+
+
+def _with_ids(frame: Any, predictions: Any, inputs: list[str]) -> Any:
+    """The predictions, led by the input's id columns (those that are not model inputs)."""
+    import pandas as pd
+
+    from pipeline.data.inspection import ID_NAME
+
+    ids = [c for c in frame.columns if ID_NAME.search(c) and c not in predictions.columns and c not in inputs]
+    return pd.concat([frame[ids].reset_index(drop=True), predictions], axis=1) if ids else predictions
 
 
 def parser() -> argparse.ArgumentParser:
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             if not args.input:
                 raise ServingError("give --input <csv or parquet file> (make predict INPUT=rows.csv)")
-            from pipeline.runner import quiet_libraries
+            from pipeline.console import quiet_libraries
 
             quiet_libraries()
             predict(cfg, Path(args.input), Path(args.output or "predictions.csv"), args.model_uri)

@@ -2,6 +2,6 @@
 
 import mlflow
 
-from pipeline.packaging import PipelineModel
+from pipeline.serving.packaging import PipelineModel
 
 mlflow.models.set_model(PipelineModel())

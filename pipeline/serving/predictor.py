@@ -14,7 +14,7 @@ from torch import nn
 
 from pipeline.models import NetworkSpec, build_network
 from pipeline.preprocessing import Preprocessing
-from pipeline.training import predict
+from pipeline.training.tensors import predict
 
 PREPROCESSING_FILE, WEIGHTS_FILE, SPEC_FILE = "preprocessing.joblib", "weights.pt", "network.json"
 

@@ -17,10 +17,10 @@ from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
-from pipeline.data import NUMERIC
-from pipeline.predictor import PREPROCESSING_FILE, SPEC_FILE, WEIGHTS_FILE, Predictor
+from pipeline.data.inspection import NUMERIC
+from pipeline.serving.predictor import PREPROCESSING_FILE, SPEC_FILE, WEIGHTS_FILE, Predictor
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the whole `pipeline` package
 REQUIREMENTS = ("torch", "scikit-learn", "pandas", "numpy", "mlflow", "scipy", "joblib")
 
 
@@ -73,7 +73,7 @@ def log_model(predictor: Predictor, input_example: pd.DataFrame) -> str:
         predictor.save(Path(tmp))
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(PACKAGE_DIR / "model_code.py"),
+            python_model=str(PACKAGE_DIR / "serving" / "model_code.py"),
             artifacts={
                 "preprocessing": str(Path(tmp) / PREPROCESSING_FILE),
                 "weights": str(Path(tmp) / WEIGHTS_FILE),

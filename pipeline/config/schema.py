@@ -1,0 +1,168 @@
+"""The configuration's typed schema: one dataclass per config group, registered in Hydra's
+ConfigStore as the base of `conf/config.yaml`, so a wrong type or an unknown key is refused when
+the config is composed. The checks types cannot express live in `validate.py`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class SplitConfig:
+    strategy: str | None = None  # None: stratified for classification, random for regression
+    val_size: float = 0.15
+    test_size: float = 0.15
+    group: str | None = None
+    time: str | None = None
+
+
+@dataclass
+class DataConfig:
+    name: str = "breast_cancer"
+    path: str | None = None
+    target: str | None = None
+    task: str | None = None  # None: inferred from the target
+    format: str | None = None  # csv or parquet; None: from the file extension
+    delimiter: str | None = None  # None: sniffed
+    encoding: str | None = None  # None: utf-8, then latin-1
+    drop: list[str] = field(default_factory=list)
+    categorical_int_max_levels: int = 0  # integers with at most this many levels are categorical
+    rare_level_min_count: int = 10
+    one_hot_sparse_above: int = 200  # one-hot output wider than this stays sparse
+    min_rows: int = 20
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    max_shift: int = 1
+    max_rotation_degrees: float = 10.0
+    noise_std: float = 0.05
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [128, 64])
+    activation: str = "relu"
+    dropout: float = 0.1
+    norm: str = "none"
+    channels: list[int] = field(default_factory=lambda: [16, 32])
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int = 10
+    min_delta: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    grad_clip: float = 1.0  # 0 disables clipping
+    class_weights: bool = False
+    label_smoothing: float = 0.0
+    loss: str = "mse"  # regression only
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    threads: int | None = None  # None: 1 below 20,000 training rows, else torch's default
+    device: str = "auto"
+    compile: bool = False
+    params_from: str = "auto"  # auto: the tune run when there is one; config: never
+
+
+@dataclass
+class TuneConfig:
+    n_trials: int = 12
+    timeout: float | None = None
+    epochs: int = 30  # epoch budget of one trial
+    sampler: str = "tpe"
+    pruner: str = "median"
+    pruner_startup_trials: int = 2  # median: trials that finish before any is pruned
+    pruner_warmup_epochs: int | None = None  # median: None: epochs // 10 (at least 1)
+    pruner_reduction_factor: int = 4  # hyperband: each rung keeps 1 in this many trials
+    n_jobs: int = 1
+    storage: str | None = None  # None: a journal file next to the MLflow store
+    study_name: str | None = None
+    heartbeat_seconds: int = 10
+    space: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluateConfig:
+    baselines: list[str] = field(
+        default_factory=lambda: ["dummy", "linear", "random_forest", "hist_gradient_boosting"]
+    )
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    forest_max_rows: int = 50_000
+    calibration_bins: int = 10
+
+
+@dataclass
+class RegistryConfig:
+    model_name: str | None = None  # None: <data>-<model>
+    min_score: float | None = None
+    min_delta: float = 0.0
+    force: bool = False
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
+    experiment: str = "pipeline"
+    ui_url: str = "http://127.0.0.1:5000"
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 5001
+    model_uri: str | None = None  # None: models:/<registry.model_name>@champion
+    batch_size: int = 10_000
+
+
+@dataclass
+class PrepareConfig:
+    force: bool = False
+
+
+@dataclass
+class ObjectiveConfig:
+    metric: str | None = None  # None: accuracy for classification, rmse for regression
+    direction: str | None = None  # None: the metric's natural direction
+
+
+@dataclass
+class PipelineConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    stages: list[str] = field(default_factory=lambda: ["prepare", "tune", "train", "evaluate", "register"])
+    seed: int = 42
+    from_run: str | None = None
+    progress: bool | None = None  # None: progress bars when stderr is a terminal
+
+
+def register_schemas() -> None:
+    """Make the schema the base of `conf/config.yaml` (its defaults list names `pipeline_schema`)."""
+    ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)

@@ -1,0 +1,195 @@
+"""The checks a schema's types cannot express, run once before any work: a table of per-key rules
+(ranges, choices read from `choices.py`) and a few cross-field rules. Each error names the key,
+the value and what is valid."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import choices
+from pipeline.errors import ConfigError
+
+# (key, value) -> the error message, or None when the value is fine
+Check = Callable[[str, Any], "str | None"]
+
+
+def one_of(options: Any) -> Check:
+    """`options`: the names, or a function returning them (read when checking)."""
+
+    def check(key: str, value: Any) -> str | None:
+        names = tuple(options() if callable(options) else options)
+        return None if value in names else f"{key}={value!r} is not valid; expected one of {', '.join(names)}"
+
+    return check
+
+
+def at_least(minimum: float) -> Check:
+    return lambda key, value: (
+        None if value >= minimum else f"{key}={value} is out of range; it must be >= {minimum}"
+    )
+
+
+def above(minimum: float) -> Check:
+    return lambda key, value: (
+        None if value > minimum else f"{key}={value} is out of range; it must be > {minimum}"
+    )
+
+
+def fraction(key: str, value: float) -> str | None:
+    if 0.0 < value < 1.0:
+        return None
+    return f"{key}={value} is out of range; it must be between 0 and 1 (exclusive)"
+
+
+def share(key: str, value: float) -> str | None:
+    return None if 0.0 <= value < 1.0 else f"{key}={value} is out of range; it must be in [0, 1)"
+
+
+def port(key: str, value: int) -> str | None:
+    return None if 1 <= value <= 65535 else f"{key}={value} is out of range; it must be 1-65535"
+
+
+def optional(check: Check) -> Check:
+    return lambda key, value: None if value is None else check(key, value)
+
+
+def each(check: Check, key_name: str | None = None) -> Check:
+    def check_all(key: str, values: Any) -> str | None:
+        for value in values:
+            if (message := check(key_name or key, value)) is not None:
+                return message
+        return None
+
+    return check_all
+
+
+def _metrics() -> tuple[str, ...]:
+    from pipeline.metrics import METRICS
+
+    return tuple(METRICS)
+
+
+def _stages() -> tuple[str, ...]:
+    from pipeline.stages import ORDER
+
+    return ORDER
+
+
+RULES: list[tuple[str, Check]] = [
+    ("stages", each(one_of(_stages))),
+    ("data.name", one_of(choices.DATASETS)),
+    ("data.task", optional(one_of(choices.TASKS))),
+    ("data.format", optional(one_of(choices.FORMATS))),
+    ("data.split.strategy", optional(one_of(choices.SPLIT_STRATEGIES))),
+    ("data.split.val_size", fraction),
+    ("data.split.test_size", fraction),
+    ("data.min_rows", at_least(3)),
+    ("data.categorical_int_max_levels", at_least(0)),
+    ("data.rare_level_min_count", at_least(1)),
+    ("model.name", one_of(choices.NETWORKS)),
+    ("model.activation", one_of(choices.ACTIVATIONS)),
+    ("model.norm", one_of(choices.NORMS)),
+    ("model.dropout", share),
+    ("model.hidden", each(at_least(1), "model.hidden/model.channels entries")),
+    ("model.channels", each(at_least(1), "model.hidden/model.channels entries")),
+    ("train.epochs", at_least(1)),
+    ("train.batch_size", at_least(1)),
+    ("train.optimizer", one_of(choices.OPTIMIZERS)),
+    ("train.lr", above(0)),
+    ("train.weight_decay", at_least(0.0)),
+    ("train.schedule", one_of(choices.SCHEDULES)),
+    ("train.warmup_epochs", at_least(0)),
+    ("train.grad_clip", at_least(0.0)),
+    ("train.label_smoothing", share),
+    ("train.loss", one_of(choices.REGRESSION_LOSSES)),
+    ("train.early_stopping.patience", at_least(1)),
+    ("train.early_stopping.min_delta", at_least(0.0)),
+    ("train.threads", optional(at_least(1))),
+    ("train.device", one_of(choices.DEVICES)),
+    ("train.params_from", one_of(choices.PARAMS_FROM)),
+    ("tune.n_trials", at_least(1)),
+    ("tune.epochs", at_least(1)),
+    ("tune.timeout", optional(above(0))),
+    ("tune.sampler", one_of(choices.SAMPLERS)),
+    ("tune.pruner", one_of(choices.PRUNERS)),
+    ("tune.pruner_startup_trials", at_least(0)),
+    ("tune.pruner_warmup_epochs", optional(at_least(0))),
+    ("tune.pruner_reduction_factor", at_least(2)),
+    ("tune.n_jobs", at_least(1)),
+    ("tune.heartbeat_seconds", at_least(1)),
+    ("evaluate.baselines", each(one_of(choices.BASELINES))),
+    ("evaluate.bootstrap", at_least(0)),
+    ("evaluate.confidence", fraction),
+    ("evaluate.forest_max_rows", at_least(100)),
+    ("evaluate.calibration_bins", at_least(2)),
+    ("registry.min_delta", at_least(0.0)),
+    ("serve.port", port),
+    ("serve.batch_size", at_least(1)),
+    ("objective.direction", optional(one_of(choices.DIRECTIONS))),
+    ("objective.metric", optional(one_of(_metrics))),
+]
+
+
+def _stage_list(cfg: DictConfig) -> None:
+    stages = list(cfg.stages)
+    if not stages:
+        raise ConfigError("stages=[] is empty; give at least one of " + ", ".join(_stages()))
+    if len(set(stages)) != len(stages):
+        raise ConfigError(f"stages={stages} repeats a stage; list each at most once")
+
+
+def _data(cfg: DictConfig) -> None:
+    data, split = cfg.data, cfg.data.split
+    if data.name == "table" and (not data.path or not data.target):
+        raise ConfigError("data=table needs data.path=<csv or parquet file> and data.target=<column>")
+    if split.val_size + split.test_size >= 0.9:
+        raise ConfigError(
+            f"data.split.val_size + data.split.test_size = {split.val_size + split.test_size:.2f}"
+            " leaves too little for training; keep the sum below 0.9"
+        )
+    for strategy in ("group", "time"):
+        if split.strategy == strategy and not split[strategy]:
+            raise ConfigError(f"data.split.strategy={strategy} needs data.split.{strategy}=<column>")
+
+
+def _model(cfg: DictConfig) -> None:
+    if cfg.model.name == "cnn" and not cfg.model.channels:
+        raise ConfigError("model=cnn needs at least one entry in model.channels")
+
+
+def _tracking(cfg: DictConfig) -> None:
+    if cfg.tracking.enabled:
+        return
+    stages = list(cfg.stages)
+    if "register" in stages:
+        raise ConfigError(
+            "stage 'register' needs the MLflow store; drop tracking.enabled=false or "
+            "leave register out of stages"
+        )
+    if "prepare" not in stages:
+        raise ConfigError(
+            f"stages={stages} read their inputs from the MLflow store; with "
+            "tracking.enabled=false include prepare in stages"
+        )
+
+
+def _space(cfg: DictConfig) -> None:
+    from pipeline.tuning.space import parse_space
+
+    parse_space(OmegaConf.to_container(cfg.tune.space, resolve=True), cfg)
+
+
+CROSS_FIELD_RULES: list[Callable[[DictConfig], None]] = [_stage_list, _data, _model, _tracking, _space]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check everything a schema's types cannot, naming the key, the value and what is valid."""
+    for key, check in RULES:
+        message = check(key, OmegaConf.select(cfg, key))
+        if message is not None:
+            raise ConfigError(message)
+    for rule in CROSS_FIELD_RULES:
+        rule(cfg)

@@ -1,0 +1,292 @@
+"""The recorder around the stages: it opens each stage's MLflow run, and the stage's `record()`
+writes what the stage produced through the open run's `StageRecord`. With `tracking.enabled=false`
+the `NullRecorder` stands in and every call does nothing, so no stage branches on tracking."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import UpstreamMissing
+from pipeline.tracking import store
+from pipeline.tracking.buffer import MetricBuffer
+from pipeline.tracking.provenance import mask, process_tags
+
+
+def log_values(
+    run_id: str,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, Any] | None = None,
+    client: MlflowClient | None = None,
+) -> None:
+    """Params, metrics and tags of one run in as few requests as MLflow allows."""
+    client = client or MlflowClient()
+    now = int(time.time() * 1000)
+    param_list = [Param(k, mask(str(v))[:6000]) for k, v in (params or {}).items()]
+    metric_list = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if v is not None]
+    tag_list = [RunTag(k, mask(str(v))[:5000]) for k, v in (tags or {}).items()]
+    batches = max(-(-len(param_list) // 100), -(-len(tag_list) // 100), -(-len(metric_list) // 1000), 1)
+    for i in range(batches):
+        client.log_batch(
+            run_id,
+            metrics=metric_list[i * 1000 : (i + 1) * 1000],
+            params=param_list[i * 100 : (i + 1) * 100],
+            tags=tag_list[i * 100 : (i + 1) * 100],
+        )
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@dataclass
+class FoundRun:
+    """A finished stage run found in the store, and the run whose outputs it holds (a reused
+    prepare run points at the run that computed them)."""
+
+    run_id: str
+    name: str
+    started: float  # seconds since the epoch
+    tags: dict[str, str]
+
+    @property
+    def outputs_run(self) -> str:
+        return self.tags.get("reused.run", self.run_id)
+
+    def describe(self) -> str:
+        return f"{self.run_id} ({self.name}, {time.strftime('%Y-%m-%d %H:%M', time.localtime(self.started))})"
+
+
+def _found(run: Any) -> FoundRun:
+    return FoundRun(run.info.run_id, run.info.run_name, run.info.start_time / 1000, dict(run.data.tags))
+
+
+@dataclass
+class StageRecord:
+    """One open MLflow run: what a stage's `record()` writes to. `tags` keeps what was tagged, so
+    a later stage of the same invocation reads them as it would from the store."""
+
+    run_id: str
+    experiment_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+    _buffer: MetricBuffer | None = None
+
+    def log(self, params: dict | None = None, metrics: dict | None = None, tags: dict | None = None) -> None:
+        log_values(self.run_id, params=params, metrics=metrics, tags=tags)
+        self.tags.update({k: str(v) for k, v in (tags or {}).items()})
+
+    def files(self, files: dict[str, str | bytes], directory: str | None = None) -> None:
+        """Small text or binary files (tables, reports, decision records) as artifacts."""
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, content in files.items():
+                path = Path(tmp) / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(content if isinstance(content, bytes) else content.encode())
+            MlflowClient().log_artifacts(self.run_id, tmp, artifact_path=directory)
+
+    def figures(self, figures: dict[str, Any]) -> None:
+        """Matplotlib figures as PNG artifacts under plots/ (closed afterwards)."""
+        import matplotlib.pyplot as plt
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, figure in figures.items():
+                figure.savefig(Path(tmp) / name, dpi=110, bbox_inches="tight")
+                plt.close(figure)
+            MlflowClient().log_artifacts(self.run_id, tmp, artifact_path="plots")
+
+    def save_outputs(self, output: Any) -> None:
+        """A stage output (anything with `save(dir)`) under the run's `outputs/` artifacts."""
+        with tempfile.TemporaryDirectory() as tmp:
+            output.save(Path(tmp))
+            MlflowClient().log_artifacts(self.run_id, tmp, artifact_path="outputs")
+
+    def dataset(self, frame: Any, source: str | None, target: str, name: str, digest: str) -> None:
+        """The training rows as the run's dataset input (the UI's Dataset column)."""
+        mlflow.log_input(
+            mlflow.data.from_pandas(frame, source=source, targets=target, name=name, digest=digest),
+            context="training",
+        )
+
+    def model(self, predictor: Any, input_example: Any) -> str:
+        """The deployable pyfunc in this run; returns its model URI (also tagged `model.uri`)."""
+        from pipeline.serving.packaging import log_model
+
+        uri = log_model(predictor, input_example)
+        mlflow.set_tag("model.uri", uri)
+        self.tags["model.uri"] = uri
+        return uri
+
+    @property
+    def epochs(self) -> Callable[[int, dict[str, float]], None]:
+        """Where per-epoch metrics go: batched, written from a background thread."""
+        if self._buffer is None:
+            self._buffer = MetricBuffer(self.run_id)
+        return self._buffer.add
+
+    def flush(self) -> None:
+        """Every epoch's metrics are in the store (call before the run ends)."""
+        if self._buffer is not None:
+            self._buffer.flush()
+
+    def trial_runs(self) -> Any:
+        from pipeline.tracking.trials import TrialRuns
+
+        return TrialRuns(mlflow.get_tracking_uri(), self.experiment_id, self.run_id)
+
+
+class NullRecord:
+    """The stand-in for a run when nothing is tracked: every call does nothing."""
+
+    run_id = None
+    experiment_id = None
+    epochs = None
+
+    def __init__(self) -> None:
+        self.tags: dict[str, str] = {}
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    files = figures = save_outputs = dataset = flush = log
+
+    def model(self, predictor: Any, input_example: Any) -> None:
+        return None
+
+    def trial_runs(self) -> None:
+        return None
+
+
+class MlflowRecorder:
+    """Stage runs in one MLflow experiment: the invocation's parent run, one nested run per stage,
+    and the lookups a stage run alone needs."""
+
+    enabled = True
+
+    def __init__(self, uri: str | None, experiment: str, ui_url: str):
+        self.uri = store.tracking_uri(uri)
+        self.store_dir = store.local_store_dir(self.uri)
+        self.experiment_id = store.connect(self.uri, experiment)
+        ui = self.uri if self.uri.startswith(("http://", "https://")) else ui_url
+        self.link = store.runs_table_link(ui, self.experiment_id)
+
+    def reap_orphans(self) -> list[str]:
+        return store.reap_orphaned_runs(self.experiment_id)
+
+    @contextmanager
+    def pipeline_run(self, name: str, tags: dict[str, str]) -> Iterator[StageRecord]:
+        store.reset_fluent_state()
+        tags = {**tags, **process_tags()}
+        with store.run_scope(name, self.experiment_id, tags) as run:
+            yield StageRecord(run.info.run_id, self.experiment_id, dict(tags))
+
+    @contextmanager
+    def stage_run(self, name: str, tags: dict[str, str], run_id: str | None = None) -> Iterator[StageRecord]:
+        with store.run_scope(name, self.experiment_id, tags, nested=True, run_id=run_id) as run:
+            record = StageRecord(run.info.run_id, self.experiment_id, dict(tags))
+            try:
+                yield record
+            finally:
+                record.flush()
+
+    def find(
+        self, stage: str, filters: dict[str, str], from_run: str | None, required: bool = True
+    ) -> FoundRun | None:
+        """The run of `stage` that `from_run` names, else the newest finished one matching `filters`."""
+        if from_run:
+            try:
+                return _found(store.resolve_from_run(from_run, stage))
+            except UpstreamMissing:
+                if required:
+                    raise
+        run = store.find_stage_run(self.experiment_id, stage, filters)
+        return _found(run) if run is not None else None
+
+    def load(self, found: FoundRun, kind: type) -> Any:
+        """The stage output saved in a run's `outputs/`, loaded with `kind.load(dir)`."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=found.outputs_run, artifact_path="outputs", dst_path=tmp
+            )
+            return kind.load(Path(local))
+
+    def claim(
+        self,
+        recorded: str | None,
+        publish: Callable[[str], None],
+        reread: Callable[[], Any],
+        shared: bool,
+        tags: dict[str, str],
+        parent_run_id: str,
+    ) -> tuple[str, bool]:
+        """The one run that several invocations or workers share (a study's tune run): the one
+        recorded, or a new one. Workers that start at once on a new shared study each create one;
+        after a pause all keep the one recorded last and the others delete theirs."""
+        client = MlflowClient()
+        if recorded:
+            try:
+                client.get_run(recorded)
+                return recorded, True
+            except mlflow.exceptions.MlflowException:
+                pass  # the study outlived its run (another store): start a new one
+        mine = client.create_run(
+            self.experiment_id, run_name="tune", tags={**tags, "mlflow.parentRunId": parent_run_id}
+        ).info.run_id
+        publish(mine)
+        if shared:  # a shared database: other machines may be claiming right now
+            time.sleep(2.0)
+            winner = reread()
+            if winner != mine:
+                client.delete_run(mine)
+                return winner, True
+        return mine, False
+
+
+class NullRecorder:
+    """Nothing is tracked (`tracking.enabled=false`): runs are stand-ins, lookups find nothing."""
+
+    enabled = False
+    experiment_id = None
+    store_dir = None
+    link = None
+
+    def reap_orphans(self) -> list[str]:
+        return []
+
+    @contextmanager
+    def pipeline_run(self, name: str, tags: dict[str, str]) -> Iterator[NullRecord]:
+        yield NullRecord()
+
+    @contextmanager
+    def stage_run(self, name: str, tags: dict[str, str], run_id: str | None = None) -> Iterator[NullRecord]:
+        yield NullRecord()
+
+    def find(self, stage: str, filters: dict[str, str], from_run: str | None, required: bool = True) -> None:
+        return None
+
+    def claim(self, *args: Any, **kwargs: Any) -> tuple[None, bool]:
+        return None, False
+
+
+Recorder = MlflowRecorder | NullRecorder
+
+
+def recorder_for(tracking_cfg: Any) -> Recorder:
+    if not tracking_cfg.enabled:
+        return NullRecorder()
+    return MlflowRecorder(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.ui_url)

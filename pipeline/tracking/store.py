@@ -1,0 +1,175 @@
+"""The MLflow store: where it is, connecting to it, runs that never stay RUNNING, orphans of dead
+processes, finding the upstream run of a stage, and links into the UI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from pipeline.errors import PipelineError, UpstreamMissing
+from pipeline.tracking.provenance import mask, process_alive
+
+log = logging.getLogger(__name__)
+
+
+def tracking_uri(uri: str | None) -> str:
+    """The configured URI, else $MLFLOW_TRACKING_URI, else `mlflow.db` in the working directory."""
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if chosen.startswith("sqlite:///") and not chosen.startswith("sqlite:////"):
+        chosen = f"sqlite:///{Path(chosen[len('sqlite:///') :]).resolve()}"
+    return chosen
+
+
+def local_store_dir(uri: str) -> Path | None:
+    """The folder of a local SQLite store (its artifacts and the default study live beside it)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).parent
+    return None
+
+
+def connect(uri: str | None, experiment: str) -> str:
+    """Point MLflow at the store, create it and the experiment if needed; returns the experiment id.
+
+    Called once before any worker starts, so parallel processes never race to create the schema.
+    """
+    resolved = tracking_uri(uri)
+    mlflow.set_tracking_uri(resolved)
+    store_dir = local_store_dir(resolved)
+    if store_dir is not None:
+        store_dir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient()
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            location = (store_dir / "mlruns").as_uri() if store_dir is not None else None
+            try:
+                return client.create_experiment(experiment, artifact_location=location)
+            except mlflow.exceptions.MlflowException:
+                found = client.get_experiment_by_name(experiment)  # another process created it
+                if found is None:
+                    raise
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    except mlflow.exceptions.MlflowException as exc:
+        first = str(exc).splitlines()[0]
+        raise PipelineError(f"cannot use the MLflow store at {mask(resolved)}: {first}") from None
+    except Exception as exc:  # connection errors from the HTTP client or the database driver
+        if "Connection" in type(exc).__name__ or "OperationalError" in type(exc).__name__:
+            raise PipelineError(
+                f"cannot reach the MLflow store at {mask(resolved)}; start it (make server) or set tracking.uri"
+            ) from None
+        raise
+
+
+def reset_fluent_state() -> None:
+    """End runs left active by an earlier job in the same process (Hydra multirun)."""
+    while mlflow.active_run() is not None:
+        mlflow.end_run("KILLED")
+
+
+@contextmanager
+def run_scope(
+    name: str,
+    experiment_id: str,
+    tags: dict[str, str] | None = None,
+    nested: bool = False,
+    run_id: str | None = None,
+) -> Iterator[Run]:
+    """An MLflow run that ends FINISHED, FAILED (an error) or KILLED (Ctrl-C, SIGTERM)."""
+    active = mlflow.start_run(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        run_name=None if run_id else name,
+        nested=nested,
+        tags=tags,
+    )
+    try:
+        yield active
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as exc:
+        try:
+            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+        finally:
+            mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def reap_orphaned_runs(experiment_id: str) -> list[str]:
+    """End KILLED the runs a process on this host left RUNNING when it died without ending them
+    (SIGKILL, out of memory, power loss): runs tagged with its `pid`, and their RUNNING children."""
+    client, host = MlflowClient(), socket.gethostname()
+    running = "attributes.status = 'RUNNING'"
+    try:
+        runs = client.search_runs([experiment_id], f"{running} and tags.host = '{host}'", max_results=500)
+    except mlflow.exceptions.MlflowException as exc:
+        log.warning("could not look for orphaned runs: %s", exc)
+        return []
+    reaped: list[str] = []
+    for run in runs:
+        pid = run.data.tags.get("pid", "")
+        if not pid.isdigit() or process_alive(int(pid)) or run.info.run_id in reaped:
+            continue
+        children = client.search_runs(
+            [experiment_id], f"{running} and tags.mlflow.parentRunId = '{run.info.run_id}'", max_results=500
+        )
+        for orphan in [run, *children]:
+            owner = orphan.data.tags.get("pid", pid)
+            if orphan.info.run_id in reaped or (owner.isdigit() and process_alive(int(owner))):
+                continue  # a child with a live process of its own goes on
+            client.set_tag(orphan.info.run_id, "killed.reason", f"process {pid} on {host} died while it ran")
+            client.set_terminated(orphan.info.run_id, "KILLED")
+            reaped.append(orphan.info.run_id)
+    return reaped
+
+
+def find_stage_run(experiment_id: str, stage: str, filters: dict[str, str]) -> Run | None:
+    """The newest FINISHED run of `stage` whose tags match `filters`."""
+    clauses = [f"tags.stage = '{stage}'", "attributes.status = 'FINISHED'"]
+    clauses += [f"tags.`{k}` = '{v}'" for k, v in filters.items()]
+    runs = MlflowClient().search_runs(
+        [experiment_id], " and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0] if runs else None
+
+
+def resolve_from_run(run_id: str, stage: str) -> Run:
+    """The run of `stage` that `run_id` names: that run itself, the upstream run it used, or its
+    child run of that stage when it is a pipeline run."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise UpstreamMissing(f"from_run={run_id} is not a run in this MLflow store") from None
+    if run.data.tags.get("stage") == stage:
+        return run
+    upstream = run.data.tags.get(f"upstream.{stage}")
+    if upstream:
+        return client.get_run(upstream)
+    children = client.search_runs(
+        [run.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{run_id}' and tags.stage = '{stage}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if children:
+        used = children[0].data.tags.get("reused.run")
+        return client.get_run(used) if used else children[0]
+    raise UpstreamMissing(f"from_run={run_id} has no finished '{stage}' run; run stage {stage} first")
+
+
+def runs_table_link(ui_url: str, experiment_id: str) -> str:
+    """A link that opens the runs table (the UI otherwise opens experiments in its GenAI view)."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"

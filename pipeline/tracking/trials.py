@@ -1,0 +1,81 @@
+"""The MLflow side of tuning trials: one run per trial nested under the study's tune run, ended with
+the trial's state, and the runs of a dead process ended KILLED. Plain data, so tuning workers in
+other processes receive it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipeline.tracking.buffer import MetricBuffer
+from pipeline.tracking.recorder import log_values
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialRuns:
+    tracking_uri: str
+    experiment_id: str
+    tune_run_id: str
+
+    def connect(self) -> None:
+        """Point this process (a spawned worker) at the store."""
+        mlflow.set_tracking_uri(self.tracking_uri)
+
+    def start(self, number: int, params: dict[str, Any], retry_of: int | None = None) -> str:
+        client = MlflowClient()
+        tags = {
+            "mlflow.parentRunId": self.tune_run_id,
+            "stage": "tune.trial",
+            "trial.number": str(number),
+            "trial.state": "RUNNING",
+            "pid": str(os.getpid()),
+            "host": socket.gethostname(),
+        }
+        if retry_of is not None:
+            tags["trial.retry_of"] = str(retry_of)
+        run = client.create_run(self.experiment_id, run_name=f"trial-{number:03d}", tags=tags)
+        log_values(run.info.run_id, params=params, client=client)
+        return run.info.run_id
+
+    def epochs(self, run_id: str) -> MetricBuffer:
+        return MetricBuffer(run_id, flush_seconds=30.0)
+
+    def finish(self, run_id: str, state: str, metrics: dict[str, float], error: str | None = None) -> None:
+        log_values(run_id, metrics=metrics)
+        end_trial_run(run_id, "FAILED" if state == "FAIL" else "FINISHED", state, error)
+
+
+def end_trial_run(run_id: str, status: str, state: str, error: str | None = None) -> None:
+    """End a trial's run with Optuna's state as a tag; a lost run must not stop the study."""
+    client = MlflowClient()
+    try:
+        client.set_tag(run_id, "trial.state", state)
+        if error:
+            client.set_tag(run_id, "error", error[:5000])
+        client.set_terminated(run_id, status)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not end MLflow run %s: %s", run_id, exc)
+
+
+def end_runs_of_dead_process(pid: int, host: str) -> list[str]:
+    """End KILLED the RUNNING runs a dead process (pid on host) owned, found from another process
+    (a worker that reaped one of its trials); returns their ids."""
+    client = MlflowClient()
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiment_ids,
+        f"attributes.status = 'RUNNING' and tags.pid = '{pid}' and tags.host = '{host}'",
+        max_results=100,
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, "killed.reason", f"process {pid} on {host} died while it ran")
+        client.set_terminated(run.info.run_id, "KILLED")
+    return [r.info.run_id for r in runs]

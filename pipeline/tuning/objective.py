@@ -1,0 +1,145 @@
+"""One trial, and the loop that asks for trials: sample a point, train it while reporting the
+validation objective every epoch (so the pruner can stop it), record how it ended in Optuna and in
+its MLflow run. Every worker, in this process or another, runs `work`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+
+from pipeline.metrics import Objective
+from pipeline.tuning import optuna_compat, scheduling
+from pipeline.tuning.liveness import RUN_ID_ATTR, Heartbeat, reap_stale_trials
+from pipeline.tuning.space import Dimension, apply_values, suggest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialContext:
+    """What running one trial needs besides the study."""
+
+    cfg: DictConfig
+    data: Any  # TrainingData
+    objective: Objective
+    dimensions: list[Dimension]
+    epochs: int
+    heartbeat_seconds: int
+    trial_runs: Any = None  # tracking.trials.TrialRuns, or None when nothing is tracked
+    since: int = 0  # the first trial number of this invocation
+
+
+def _train(trial: optuna.Trial, ctx: TrialContext, values: dict[str, Any], on_epoch: Callable) -> float:
+    from pipeline.training.loop import fit
+
+    trial_cfg = apply_values(ctx.cfg, values)
+    result = fit(
+        trial_cfg.train,
+        trial_cfg.model,
+        ctx.data,
+        ctx.objective,
+        int(ctx.cfg.seed),
+        epochs=ctx.epochs,
+        on_epoch=on_epoch,
+    )
+    return result.best_score
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> TrialState:
+    """Train one trial, report every epoch, and record how it ended in Optuna and MLflow."""
+    for key, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
+        trial.set_user_attr(key, value)
+    run_id, buffer = None, None
+    metric_key = f"val_{ctx.objective.metric}"
+
+    def on_epoch(epoch: int, record: dict[str, float]) -> None:
+        if buffer is not None:
+            buffer.add(epoch, record)
+        trial.report(record[metric_key], epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    try:
+        # sampling, the MLflow run and the config copy fail like training does: the trial is
+        # recorded FAIL instead of being left RUNNING
+        values = suggest(trial, ctx.dimensions)
+        if ctx.trial_runs is not None:
+            run_id = ctx.trial_runs.start(trial.number, values, trial.user_attrs.get("retry_of"))
+            trial.set_user_attr(RUN_ID_ATTR, run_id)
+            buffer = ctx.trial_runs.epochs(run_id)
+        with Heartbeat(study, trial, ctx.heartbeat_seconds):
+            state, value, error = TrialState.COMPLETE, _train(trial, ctx, values, on_epoch), None
+    except optuna.TrialPruned:
+        state, value, error = TrialState.PRUNED, None, None
+    except KeyboardInterrupt:
+        if buffer is not None:
+            buffer.flush()
+        trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=TrialState.FAIL)
+        if run_id:
+            from pipeline.tracking.trials import end_trial_run
+
+            end_trial_run(run_id, "KILLED", "FAIL", "interrupted")
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failing trial is recorded and the study goes on
+        state, value, error = TrialState.FAIL, None, f"{type(exc).__name__}: {exc}"
+        trial.set_user_attr("error", error[:2000])
+        log.warning("trial %d failed: %s", trial.number, error)
+    if buffer is not None:
+        buffer.flush()
+    if state == TrialState.COMPLETE:
+        study.tell(trial, value)
+    else:
+        study.tell(trial, state=state)
+    if run_id:
+        _finish_run(ctx, run_id, optuna_compat.reread(study, trial), state, error)
+    return state
+
+
+def _finish_run(ctx: TrialContext, run_id: str, frozen: Any, state: TrialState, error: str | None) -> None:
+    # `value` only for COMPLETE trials: Optuna gives a pruned trial its last reported value,
+    # which is not comparable with the value of a trial that trained to the end
+    final = {"value": frozen.value} if state == TrialState.COMPLETE else {}
+    if state == TrialState.PRUNED and frozen.intermediate_values:
+        final["last_reported"] = frozen.intermediate_values[max(frozen.intermediate_values)]
+    ctx.trial_runs.finish(run_id, state.name, final, error)
+
+
+def census(study: optuna.Study, since: int = 0) -> scheduling.Census:
+    return scheduling.census(study.get_trials(deepcopy=False), since, time.time())
+
+
+def work(
+    study: optuna.Study,
+    ctx: TrialContext,
+    n_trials: int,
+    deadline: float | None,
+    progress: Callable[[scheduling.Census], None] | None = None,
+) -> None:
+    """Ask for trials until the study holds `n_trials` COMPLETE+PRUNED ones (counting what other
+    workers run), the deadline passes, or the last `n_trials` trials all raised."""
+    while deadline is None or time.time() < deadline:
+        now = census(study, ctx.since)
+        if progress is not None:
+            progress(now)
+        if scheduling.should_stop(now, n_trials):
+            return
+        if scheduling.all_claimed(now, n_trials):
+            if reap_stale_trials(study, ctx.heartbeat_seconds) == 0:
+                time.sleep(0.5)  # others are finishing the last trials; one may fail: a redo
+            continue
+        trial = study.ask()
+        if scheduling.is_surplus(study.get_trials(deepcopy=False), trial.number, n_trials, time.time()):
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=TrialState.FAIL)
+            continue
+        run_trial(study, trial, ctx)

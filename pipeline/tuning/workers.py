@@ -1,0 +1,150 @@
+"""Tuning workers on this machine (`tune.n_jobs`): the pipeline's own process is worker 0 and
+`n_jobs - 1` spawned processes join the study, each with a fair share of the cores. They are
+started as the command starts, so their imports and warm-up overlap the data preparation."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pipeline.tuning import scheduling
+from pipeline.tuning.objective import TrialContext, census, work
+from pipeline.tuning.study import StudySettings, load_study
+
+
+@dataclass
+class WorkerJob:
+    """What a spawned worker needs to join the study and run trials (it pickles for spawn)."""
+
+    settings: StudySettings
+    ctx: TrialContext
+    worker: int  # 1.. (0 is the pipeline's own process)
+    threads: int  # torch threads: this worker's share of the cores
+    n_trials: int
+    deadline: float | None
+
+
+def run_job(job: WorkerJob) -> None:
+    """Entry point of a spawned worker."""
+    import torch
+
+    torch.set_num_threads(job.threads)
+    logging.basicConfig(level=logging.WARNING)
+    if job.ctx.trial_runs is not None:
+        job.ctx.trial_runs.connect()
+    job.ctx.cfg.train.threads = job.threads  # this worker's fair share, whatever was configured
+    work(load_study(job.settings, job.worker), job.ctx, job.n_trials, job.deadline)
+
+
+def _wait_for_job(jobs: Any) -> None:
+    """Entry point of a pooled worker: pay the one-off costs of a first trial (imports, torch's
+    first optimizer and backward pass), then wait for a job (or None: the pipeline ended before
+    tuning). All of it happens while the pipeline reads and prepares the data."""
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the store a first run opens
+
+    from pipeline.training.setup import warm_up
+
+    warm_up()
+    job = jobs.get()
+    if job is not None:
+        run_job(job)
+
+
+class WorkerPool:
+    """Worker processes spawned (not forked) as the command starts, so the seconds each spends
+    importing torch, MLflow and Optuna and warming up pass while the main process imports, reads
+    and prepares the data, instead of delaying the study's second worker."""
+
+    def __init__(self, count: int):
+        context = multiprocessing.get_context("spawn")
+        # a Queue, not a SimpleQueue: put() hands the (large) job to a feeder thread instead of
+        # blocking until a worker still importing reads it
+        self._jobs = [context.Queue() for _ in range(count)]
+        for jobs in self._jobs:
+            jobs.cancel_join_thread()  # exiting never waits on a worker that is gone
+        self.processes = [
+            context.Process(target=_wait_for_job, args=(jobs,), daemon=True, name=f"tune-worker-{i + 1}")
+            for i, jobs in enumerate(self._jobs)
+        ]
+        for process in self.processes:
+            process.start()
+        self._given = 0
+
+    def __len__(self) -> int:
+        return len(self.processes) - self._given
+
+    def give(self, jobs: list[WorkerJob]) -> list[Any]:
+        """Hand each job to a waiting process; returns those processes."""
+        given = []
+        for job in jobs:
+            self._jobs[self._given].put(job)
+            given.append(self.processes[self._given])
+            self._given += 1
+        return given
+
+    def close(self) -> None:
+        """Let the processes that got no job exit."""
+        for jobs in self._jobs[self._given :]:
+            jobs.put(None)
+        self._given = len(self._jobs)
+
+
+def start_workers(cfg: DictConfig) -> WorkerPool | None:
+    """The extra tuning workers a run of `cfg` needs (tune among the stages, `tune.n_jobs` > 1),
+    started now so that their start-up overlaps whatever comes before the study."""
+    if "tune" not in cfg.stages or int(cfg.tune.n_jobs) <= 1:
+        return None
+    return WorkerPool(int(cfg.tune.n_jobs) - 1)
+
+
+def _spawn(jobs: list[WorkerJob], pool: WorkerPool | None) -> list[Any]:
+    if pool is not None and len(pool) >= len(jobs):
+        return pool.give(jobs)
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=run_job, args=(job,), daemon=True) for job in jobs]
+    for process in processes:
+        process.start()
+    return processes
+
+
+def run_workers(
+    study: Any,
+    ctx: TrialContext,
+    settings: StudySettings,
+    n_trials: int,
+    n_jobs: int,
+    deadline: float | None,
+    show: Callable[[scheduling.Census], None],
+    pool: WorkerPool | None = None,
+) -> None:
+    """This process is worker 0; `n_jobs - 1` spawned processes join it (pooled ones when the
+    pool has enough), so no process waits for another to start before trials run."""
+    threads = max(1, (ctx.cfg.train.threads or os.cpu_count() or 1) // n_jobs)
+    jobs = [WorkerJob(settings, ctx, i, threads, n_trials, deadline) for i in range(1, n_jobs)]
+    workers = _spawn(jobs, pool)
+    own = copy.deepcopy(ctx)
+    own.cfg.train.threads = threads
+    try:
+        work(study, own, n_trials, deadline, show)
+        while any(p.is_alive() for p in workers):
+            now = census(study, ctx.since)
+            show(now)
+            if now.done >= n_trials and now.running == 0:
+                # the study is complete: a worker still starting up would only find that out and
+                # exit, so do not wait for it (it ends by itself, or with this process)
+                return
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        for process in workers:
+            process.terminate()
+        raise
+    for process in workers:
+        process.join()
