@@ -33,7 +33,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-pg-"))
     server = TrackingServer(cluster.database_url("pipeline"), str(tmp / "artifacts"), free_port()).start()
     storage = cluster.database_url("optuna")
-    common = [f"tracking.uri={server.url}", "tracking.experiment=bench", f"train.threads={args.threads}"]
+    common = [
+        f"tracking.uri={server.url}",
+        "tracking.experiment=bench",
+        f"train.threads={args.threads}",
+        "candidates=[network]",
+    ]
     rows = []
     try:
         subprocess.run(

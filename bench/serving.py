@@ -46,7 +46,7 @@ TINY = [
     "tune.n_trials=2",
     "tune.epochs=3",
     "train.epochs=4",
-    "evaluate.baselines=[dummy,linear]",
+    "candidates=[network]",
     "evaluate.bootstrap=50",
 ]
 

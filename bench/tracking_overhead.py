@@ -42,6 +42,7 @@ def config(uri: str, threads: int, epochs: int, *extra: str) -> Any:
         f"train.epochs={epochs}",
         "train.early_stopping.patience=1000000",
         "train.params_from=config",
+        "candidates=[network]",
         *extra,
     )
 
@@ -143,7 +144,7 @@ def measure_stage(report: Report, root: Path, threads: int, epochs: int, repeats
         return run_pipeline(cfg)
 
     def keep(name: str, result: Any, seconds: float) -> float:
-        train_seconds[name].append(result.outputs["train"].seconds)
+        train_seconds[name].append(result.outputs["train"]["network"].seconds)
         return seconds
 
     train_seconds: dict[str, list[float]] = {"tracking off": [], "tracking on": []}

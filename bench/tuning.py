@@ -41,7 +41,7 @@ PRUNERS = ("none", "median", "hyperband")
 # The parallel comparison searches the default space without the batch size and the layer widths:
 # those change a trial's cost several times over, and one worker and two sample different points,
 # so with them the two configurations would train different amounts of work.
-EQUAL_COST_TRIALS = ("~tune.space.train.batch_size", "~tune.space.model.hidden")
+EQUAL_COST_TRIALS = ("~tune.space.network.train.batch_size", "~tune.space.network.model.hidden")
 
 
 def run_search(
@@ -72,6 +72,8 @@ def run_search(
     overrides = [
         *overrides,
         "stages=[prepare,tune]",
+        "candidates=[network]",
+        "objective.metric=accuracy",
         f"data={data}",
         f"seed={seed}",
         f"tracking.uri={uri}",

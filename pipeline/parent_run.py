@@ -41,6 +41,7 @@ def parent_tags(
         "seed": str(cfg.seed),
         "threads": str(cfg.train.threads or "auto"),  # the train stage records the count it used
         "objective": f"{objective.metric}/{objective.direction}",
+        "candidates": ",".join(cfg.candidates),
     }
 
 
@@ -69,12 +70,13 @@ def record_outcome(
 ) -> None:
     metrics: dict[str, float] = {}
     tags: dict[str, Any] = {f"upstream.{s}": r for s, r in run_ids.items()}
-    if "train" in outputs:
-        metrics[f"val_{objective.metric}"] = outputs["train"].best_score
-    if "train" in stages:
-        tags["threads"] = outputs["train"].threads  # the count it used
     if "evaluate" in outputs:
-        metrics.update({f"test_{k}": v for k, v in outputs["evaluate"].metrics.items()})
+        evaluation = outputs["evaluate"]
+        metrics[f"val_{objective.metric}"] = evaluation.row(evaluation.winner)[f"val_{objective.metric}"]
+        metrics.update({f"test_{k}": v for k, v in evaluation.metrics.items()})
+        tags["winner"] = evaluation.winner
+    if "train" in stages and "network" in outputs.get("train", {}):
+        tags["threads"] = outputs["train"]["network"].threads  # the count it used
     if "register" in outputs:
         decision = outputs["register"]
         tags.update(

@@ -16,7 +16,8 @@ from sklearn import metrics as skm  # noqa: E402
 def learning_curve(history: list[dict[str, float]], objective_key: str, best_epoch: int) -> Figure:
     figure, (losses, score) = plt.subplots(1, 2, figsize=(10, 3.8))
     epochs = np.arange(1, len(history) + 1)
-    losses.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    if history and "train_loss" in history[0]:  # tree families report validation only
+        losses.plot(epochs, [h["train_loss"] for h in history], label="train loss")
     losses.plot(epochs, [h["val_loss"] for h in history], label="val loss")
     score.plot(epochs, [h[objective_key] for h in history], color="tab:green", label=objective_key)
     for axis in (losses, score):

@@ -12,10 +12,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline.console import say
-from pipeline.errors import UpstreamMissing
+from pipeline.lineage import identity, resolve, run_key
 from pipeline.metrics import Objective, resolve_objective
 from pipeline.parent_run import config_digest, parent_tags, record_invocation, record_outcome
-from pipeline.stages import ORDER, Invocation, Stage, StageCall, UpstreamRun, stage
+from pipeline.stages import ORDER, Invocation, Opening, Stage, StageCall, UpstreamRun, stage
 from pipeline.tracking.provenance import git_state
 from pipeline.tracking.recorder import FoundRun, Recorder, recorder_for
 
@@ -34,14 +34,6 @@ class PipelineResult:
     link: str | None = None
     seconds: float = 0.0
     runs: dict[str, UpstreamRun] = field(default_factory=dict, repr=False)  # id and tags per stage
-
-
-def identity(cfg: DictConfig, data_digest: str, stage_name: str) -> dict[str, str]:
-    """The tags that make a run of `stage_name` the right input for this config."""
-    found = {"data.digest": data_digest}
-    if stage_name != "prepare":
-        found["model.name"] = cfg.model.name
-    return found
 
 
 def run_pipeline(
@@ -103,39 +95,57 @@ def _run(cfg: DictConfig, stages: list[str], started: float, progress: bool, poo
 def _run_stage(
     declared: Stage, cfg: DictConfig, invocation: Invocation, recorder: Recorder, result: PipelineResult
 ) -> None:
-    upstream: dict[str, Any] = {}
-    for name, required in declared.upstream(cfg):
-        if (found := _upstream(name, required, cfg, invocation, recorder, result)) is not None:
-            upstream[name] = found
-    runs = {name: result.runs[name] for name in upstream}
+    for family in list(cfg.candidates) if declared.per_family else [None]:
+        output = _run_once(declared, family, cfg, invocation, recorder, result)
+        if family is None:
+            result.outputs[declared.name] = output
+        else:
+            result.outputs.setdefault(declared.name, {})[family] = output
+        for line in declared.notes(output) if declared.notes is not None else []:
+            say(line)
+
+
+def _run_once(
+    declared: Stage,
+    family: str | None,
+    cfg: DictConfig,
+    invocation: Invocation,
+    recorder: Recorder,
+    result: PipelineResult,
+) -> Any:
+    """One run of a stage (of one family): resolve its inputs, open its run, run or reuse it,
+    save its outputs and record the rest."""
+    upstream, runs = resolve(declared, family, cfg, invocation, recorder, result)
+    objective = invocation.objective
     tags = {
         "stage": declared.name,
         "data.digest": invocation.data_digest,
         "data.name": cfg.data.name,
         "model.name": cfg.model.name,
         "config.digest": invocation.config_digest,
-        **{f"upstream.{s}": run.run_id for s, run in runs.items() if run.run_id},
+        **({"objective": f"{objective.metric}/{objective.direction}"} if declared.name != "prepare" else {}),
+        **({"model.family": family} if family is not None else {}),
+        **{f"upstream.{key}": run.run_id for key, run in runs.items() if run.run_id},
     }
-    call = StageCall(cfg, upstream, runs, invocation, recorder, tags)
+    call = StageCall(cfg, upstream, runs, invocation, recorder, tags, family)
     reused = None
     if declared.reusable is not None and declared.reusable(cfg):
-        reused = recorder.find(declared.name, identity(cfg, invocation.data_digest, declared.name), None)
-    opening = declared.open(call) if declared.open is not None else None
-    run_id = opening.run_id if opening is not None else None
-    with recorder.stage_run(declared.name, {**tags, **(opening.tags if opening else {})}, run_id) as record:
-        call = call.opened(record, opening.state if opening is not None else None)
+        reused = recorder.find(declared.name, identity(cfg, invocation, declared.name), None)
+    opening = declared.open(call) if declared.open is not None else Opening()
+    name = declared.name if family is None else f"{declared.name} {family}"
+    with recorder.stage_run(name, {**tags, **opening.tags}, opening.run_id) as record:
+        call = call.opened(record, opening.state)
         output = _reuse(declared, reused, recorder, record) if reused else declared.run(call)
         if reused is None:
             record.save_outputs(output)
         record.flush()
         if declared.record is not None:
             declared.record(record, output, replace(call, reused=reused.outputs_run if reused else None))
-    result.outputs[declared.name] = output
+    key = run_key(declared.name, family)
     if record.run_id is not None:
-        result.run_ids[declared.name] = reused.outputs_run if reused is not None else record.run_id
-    result.runs[declared.name] = UpstreamRun(result.run_ids.get(declared.name), dict(record.tags))
-    for line in declared.notes(output) if declared.notes is not None else []:
-        say(line)
+        result.run_ids[key] = reused.outputs_run if reused is not None else record.run_id
+    result.runs[key] = UpstreamRun(result.run_ids.get(key), dict(record.tags))
+    return output
 
 
 def _reuse(declared: Stage, reused: FoundRun, recorder: Recorder, record: Any) -> Any:
@@ -145,32 +155,4 @@ def _reuse(declared: Stage, reused: FoundRun, recorder: Recorder, record: Any) -
         f"{declared.name}: reusing run {reused.outputs_run} "
         f"(same data and settings; {declared.name}.force=true recomputes)"
     )
-    return recorder.load(reused, declared.output)
-
-
-def _upstream(
-    name: str,
-    required: bool,
-    cfg: DictConfig,
-    invocation: Invocation,
-    recorder: Recorder,
-    result: PipelineResult,
-) -> Any:
-    """The output of stage `name`: from this invocation, from `from_run`, or the newest finished
-    run with this config's identity (None when an optional one is not found)."""
-    if name in result.outputs:
-        return result.outputs[name]
-    found = recorder.find(name, identity(cfg, invocation.data_digest, name), cfg.from_run, required)
-    if found is None:
-        if required and recorder.enabled:
-            raise UpstreamMissing(
-                f"no finished '{name}' run for data {cfg.data.name} (digest {invocation.data_digest[:8]}) "
-                f"and model {cfg.model.name} in experiment {cfg.tracking.experiment!r}; "
-                f"run stage {name} first (make {name}) or give from_run=<run id>"
-            )
-        return None
-    say(f"{name}: using run {found.describe()}")
-    result.outputs[name] = recorder.load(found, stage(name).output)
-    result.run_ids[name] = result.upstream_used[name] = found.run_id
-    result.runs[name] = UpstreamRun(found.run_id, found.tags)
-    return result.outputs[name]
+    return recorder.load(reused, declared.output_type(None))

@@ -19,6 +19,38 @@ def _data_line(prepared: Any) -> str:
     )
 
 
+def _families(result: Any) -> list[tuple[str, str]]:
+    """One line per family (and the floor): validation and test objective, the winner marked."""
+    evaluation, metric = result.outputs["evaluate"], result.objective.metric
+    rows = [("families", f"val {metric} / test {metric}")]
+    for row in evaluation.rows:
+        mark = "   <- winner" if row["model"] == evaluation.winner else ""
+        rows.append((f"  {row['model']}", f"{row[f'val_{metric}']:.4f} / {row[f'test_{metric}']:.4f}{mark}"))
+    return rows
+
+
+def _tuning(result: Any) -> list[tuple[str, str]]:
+    metric, rows = result.objective.metric, []
+    for family, tuned in result.outputs["tune"].items():
+        trials = f"{sum(tuned.counts.values())} trials {tuned.counts}"
+        rows.append((f"tune {family}", f"{trials}, best val {metric} {tuned.best_value:.4f}"))
+    return rows
+
+
+def _training(result: Any) -> list[tuple[str, str]]:
+    metric, rows = result.objective.metric, []
+    for family, trained in result.outputs["train"].items():
+        step = "epoch" if family == "network" else "step"
+        rows.append(
+            (
+                f"train {family}",
+                f"params from {trained.params_source}, best {step} {trained.best_epoch + 1}/{len(trained.history)}, "
+                f"val {metric} {trained.best_score:.4f}, {trained.seconds:.1f}s",
+            )
+        )
+    return rows
+
+
 def summary_lines(result: Any) -> list[str]:
     objective, outputs = result.objective, result.outputs
     rows: list[tuple[str, str]] = [
@@ -27,28 +59,20 @@ def summary_lines(result: Any) -> list[str]:
     ]
     if "prepare" in outputs:
         rows.append(("data", _data_line(outputs["prepare"])))
-    if "tune" in outputs:
-        tuned = outputs["tune"]
-        trials = f"{sum(tuned.counts.values())} trials {tuned.counts}"
-        rows.append(("tuning", f"{trials}, best val {objective.metric} {tuned.best_value:.4f}"))
-        rows += [(f"  {k}", _short(v)) for k, v in tuned.best_values.items()]
-    if "train" in outputs:
-        trained = outputs["train"]
-        rows.append(
-            (
-                "train",
-                f"params from {trained.params_source}, best epoch {trained.best_epoch + 1}/{len(trained.history)}, "
-                f"val {objective.metric} {trained.best_score:.4f}, {trained.seconds:.1f}s",
-            )
-        )
+    if "tune" in result.stages:
+        rows += _tuning(result)
+    if "train" in result.stages:
+        rows += _training(result)
     if "evaluate" in outputs:
         evaluation = outputs["evaluate"]
+        rows += _families(result)
+        winner = outputs.get("train", {}).get(evaluation.winner)
+        source = f" (params from {winner.params_source})" if winner is not None else ""
+        rows.append(("winner", f"{evaluation.winner}{source}"))
+        if winner is not None:
+            rows += [(f"  {k}", _short(v)) for k, v in winner.applied_values.items()]
         shown = [k for k in TEST_METRICS if k in evaluation.metrics]
         rows.append(("test", ", ".join(f"{k} {evaluation.metrics[k]:.4f}" for k in shown)))
-        for row in evaluation.baselines:
-            rows.append(
-                (f"  {row['model']}", f"test {objective.metric} {row[f'test_{objective.metric}']:.4f}")
-            )
         rows.append(("verdict", evaluation.verdict))
     if "register" in outputs:
         rows.append(("registry", outputs["register"].line()))

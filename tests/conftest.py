@@ -25,7 +25,7 @@ TINY = [
     "tune.n_trials=2",
     "tune.epochs=3",
     "train.epochs=4",
-    "evaluate.baselines=[dummy,linear]",
+    "candidates=[network]",
     "evaluate.bootstrap=50",
     "train.threads=1",
 ]

@@ -60,7 +60,11 @@ def test_cli_rejects_out_of_range_values_with_one_line(run_cli, override, key):
         (["model.dropout=1.0"], "model.dropout=1.0 is out of range"),
         (["train.label_smoothing=-0.1"], "train.label_smoothing=-0.1 is out of range"),
         (["objective.metric=rmse_log"], "objective.metric='rmse_log' is not valid"),
-        (["evaluate.baselines=[dummy,xgboost]"], "evaluate.baselines='xgboost' is not valid"),
+        (["candidates=[network,xgboost]"], "candidates='xgboost' is not valid; expected one of network"),
+        (["candidates=[]"], r"candidates=\[\] is empty"),
+        (["candidates=[linear,linear]"], "repeats a family"),
+        (["family.random_forest.max_features=cube"], "family.random_forest.max_features='cube' is not valid"),
+        (["family.hist_gradient_boosting.learning_rate=0"], "learning_rate=0.0 is out of range"),
         (["tracking.enabled=false", "stages=[train]"], "include prepare in stages"),
     ],
 )
@@ -77,8 +81,14 @@ def test_validate_accepts_the_shipped_configs(make_cfg):
 
 
 def test_validate_checks_the_search_space_paths(make_cfg):
-    with pytest.raises(ConfigError, match="'train.nope' names no tunable config key"):
-        validate(make_cfg("+tune.space.train.nope={type: float, low: 0.1, high: 1.0}"))
+    with pytest.raises(
+        ConfigError, match="tune.space.network entry 'train.nope' names no tunable config key"
+    ):
+        validate(make_cfg("+tune.space.network.train.nope={type: float, low: 0.1, high: 1.0}"))
+    with pytest.raises(ConfigError, match="'family.linear.penalty' names no tunable config key"):
+        validate(make_cfg("+tune.space.linear.family.linear.penalty={type: categorical, choices: [l1, l2]}"))
+    with pytest.raises(ConfigError, match="tune.space.xgboost names no model family"):
+        validate(make_cfg("+tune.space.xgboost={}"))
 
 
 SPACE_ERRORS = [

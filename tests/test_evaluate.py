@@ -1,5 +1,6 @@
-"""The evaluate stage: metrics checked against scikit-learn, baselines trained on the very split the
-network saw, the val-chosen best baseline, the verdict wording and the bootstrap interval."""
+"""The evaluate stage: metrics checked against scikit-learn, every family scored on the splits it
+was trained for, the winner chosen on validation (never test), the verdict wording and the
+bootstrap interval."""
 
 from __future__ import annotations
 
@@ -8,15 +9,10 @@ import pytest
 from conftest import prepare_config
 from sklearn import metrics as skm
 
+from pipeline.families import settings_of
 from pipeline.metrics import Objective, expected_calibration_error, resolve_objective, task_metrics
-from pipeline.stages import evaluate as evaluate_stage
-from pipeline.stages.evaluate import (
-    Evaluation,
-    bootstrap_difference,
-    evaluate,
-    fit_baselines,
-    verdict_line,
-)
+from pipeline.stages.evaluate import Evaluation, bootstrap_difference, evaluate, verdict_line
+from pipeline.stages.train import train
 
 
 def _proba(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
@@ -106,15 +102,18 @@ def test_expected_calibration_error_by_hand():
 
 
 def test_objective_defaults_and_direction():
-    assert resolve_objective(None, None, "binary") == Objective("accuracy", "maximize")
+    # continuous scores by default: accuracy ties on small validation splits
+    assert resolve_objective(None, None, "binary") == Objective("roc_auc", "maximize")
+    assert resolve_objective(None, None, "multiclass") == Objective("log_loss", "minimize")
     assert resolve_objective(None, None, "regression") == Objective("rmse", "minimize")
+    assert resolve_objective("accuracy", None, "binary") == Objective("accuracy", "maximize")
     assert Objective("rmse", "minimize").better(1.0, 2.0)
     assert not Objective("rmse", "minimize").better(2.0, 1.0)
     assert Objective("accuracy", "maximize").improvement(0.9, 0.8) == pytest.approx(0.1)
     assert Objective("rmse", "minimize").improvement(1.0, 3.0) == pytest.approx(2.0)
 
 
-# --- baselines on the same split --------------------------------------------------------------
+# --- families on the same split ---------------------------------------------------------------
 
 
 @pytest.fixture
@@ -122,127 +121,108 @@ def prepared(make_cfg):
     return prepare_config(make_cfg("data=wine", "tracking.enabled=false"))
 
 
-def test_baselines_train_and_score_on_the_prepared_split(make_cfg, prepared, monkeypatch):
-    cfg = make_cfg("data=wine", "evaluate.baselines=[dummy,linear]")
+def test_each_family_is_scored_on_validation_and_test(make_cfg, prepared):
+    cfg = make_cfg("data=wine", "evaluate.bootstrap=50")
     objective = resolve_objective(None, None, prepared.task)
-    fitted: dict[str, tuple] = {}
+    trained = {
+        name: train(name, settings_of(cfg), prepared, objective) for name in ("linear", "random_forest")
+    }
+    result = evaluate(cfg.evaluate, cfg.seed, prepared, trained, objective, with_figures=False)
 
-    def recording(name):
-        original = evaluate_stage.BASELINES[name]
-
-        def build(task, seed):
-            model = original(task, seed)
-            fit = model.fit
-
-            def record(x, y):
-                fitted[name] = (model, x, y)
-                return fit(x, y)
-
-            model.fit = record
-            return model
-
-        return build
-
-    for name in ("dummy", "linear"):
-        monkeypatch.setitem(evaluate_stage.BASELINES, name, recording(name))
-    rows, test_predictions, notes = fit_baselines(cfg.evaluate, cfg.seed, prepared, objective)
-
-    assert [r["model"] for r in rows] == ["dummy", "linear"] and notes == []
-    for row in rows:
-        model, x, y = fitted[row["model"]]
-        # trained on exactly the prepared training features and targets
-        assert x is prepared.features["train"] and y is prepared.targets["train"]
-        pred, proba = test_predictions[row["model"]]
-        assert len(pred) == len(prepared.targets["test"]) == len(prepared.frames["test"])
-        assert proba.shape == (len(prepared.targets["test"]), prepared.n_classes)
-        # the val column is scored on the val split, the test columns on the test split
-        val_pred = model.predict(prepared.features["val"])
-        assert row["val_accuracy"] == pytest.approx(skm.accuracy_score(prepared.targets["val"], val_pred))
-        assert row["test_accuracy"] == pytest.approx(
-            skm.accuracy_score(prepared.targets["test"], model.predict(prepared.features["test"]))
+    assert [r["model"] for r in result.rows] == ["linear", "random_forest", "dummy"]
+    for name, model in trained.items():
+        row = result.row(name)
+        # the val column is the model's own validation score, the test columns the test split's
+        pred, proba = model.fitted().predict(prepared.features["val"])
+        assert row["val_log_loss"] == pytest.approx(
+            skm.log_loss(prepared.targets["val"], proba, labels=[0, 1, 2]), rel=1e-4
         )
-    assert (
-        prepared.features["train"].shape[0]
-        + prepared.features["val"].shape[0]
-        + prepared.features["test"].shape[0]
-    ) == prepared.card["rows_used"]
+        pred, proba = model.fitted().predict(prepared.features["test"])
+        assert row["test_accuracy"] == pytest.approx(skm.accuracy_score(prepared.targets["test"], pred))
+    floor = result.row("dummy")  # the floor predicts the training split's class shares
+    shares = np.bincount(prepared.targets["train"], minlength=3) / len(prepared.targets["train"])
+    assert floor["test_log_loss"] == pytest.approx(
+        skm.log_loss(
+            prepared.targets["test"], np.tile(shares, (len(prepared.targets["test"]), 1)), labels=[0, 1, 2]
+        )
+    )
+    assert result.winner == min(trained, key=lambda n: result.row(n)["val_log_loss"])
+    assert result.metrics == {k[5:]: v for k, v in result.row(result.winner).items() if k.startswith("test_")}
 
 
-class _FixedPredictor:
-    """Stands in for the network: fixed test predictions."""
+class _Fixed:
+    """Stands in for a trained family: a fixed validation score and fixed test predictions."""
 
-    def __init__(self, pred, proba):
+    def __init__(self, val_score, pred, proba, val_loss=0.5):
+        self.best_score, self.best_epoch, self.seconds = val_score, 0, 0.0
+        self.history = [{"val_loss": val_loss}]
         self.pred, self.proba = pred, proba
 
-    def predict_encoded(self, frame):
-        assert len(frame) == len(self.pred)
+    def fitted(self):
+        return self
+
+    def predict(self, features):
         return self.pred, self.proba
 
 
 @pytest.mark.parametrize("metric,direction", [("accuracy", "maximize"), ("log_loss", "minimize")])
-def test_best_baseline_is_chosen_by_the_val_objective(make_cfg, prepared, monkeypatch, metric, direction):
-    """The baseline with the better val objective is the one compared, even when another has the
-    better test score (choosing on test would leak)."""
+def test_the_winner_is_chosen_on_validation_where_test_would_pick_another(
+    make_cfg, prepared, metric, direction
+):
+    """The family with the better val objective wins, even when another scores better on test
+    (choosing on test would leak); an undefined val score never wins."""
     cfg = make_cfg("data=wine", "evaluate.bootstrap=20")
     objective = Objective(metric, direction)
     y = prepared.targets["test"]
     n, k = len(y), prepared.n_classes
-    onehot = np.eye(k)[y] * 0.9 + 0.1 / k
+    right = np.eye(k)[y] * 0.9 + 0.1 / k
     uniform = np.full((n, k), 1 / k)
     better_val, worse_val = (0.9, 0.5) if objective.maximize else (0.2, 0.9)
-    rows = [
-        {"model": "random_forest", f"val_{metric}": float("nan"), f"test_{metric}": 1.0},
-        {"model": "linear", f"val_{metric}": worse_val, f"test_{metric}": 1.0},  # best on test
-        {"model": "dummy", f"val_{metric}": better_val, f"test_{metric}": 0.1},
-    ]
-    # an undefined val score (NaN) never wins, wherever it sits in the list
-    predictions = {
-        "linear": (y, onehot),
-        "dummy": (uniform.argmax(axis=1), uniform),
-        "random_forest": (y, onehot),
+    trained = {
+        "random_forest": _Fixed(float("nan"), y, right),
+        "hist_gradient_boosting": _Fixed(worse_val, y, right),  # the best on test
+        "linear": _Fixed(better_val, uniform.argmax(axis=1), uniform),  # the best on validation
     }
-    monkeypatch.setattr(evaluate_stage, "fit_baselines", lambda *a: (rows, predictions, []))
-    result = evaluate(
-        cfg.evaluate, cfg.seed, prepared, _FixedPredictor(y, onehot), objective, with_figures=False
-    )
-    assert result.best_baseline == "dummy"
-    assert "majority class" in result.verdict
-    assert [r["model"] for r in result.baselines] == ["random_forest", "linear", "dummy"]
-    assert [r["model"] for r in result.rows()] == ["network", "random_forest", "linear", "dummy"]
+    result = evaluate(cfg.evaluate, cfg.seed, prepared, trained, objective, with_figures=False)
+    assert result.winner == "linear"
+    assert result.row("hist_gradient_boosting")[f"test_{metric}"] != result.row("linear")[f"test_{metric}"]
+    assert [c["other"] for c in result.comparisons] == ["hist_gradient_boosting"]
+    assert result.comparisons[0]["difference"] < 0  # test says the loser was better: reported, not used
+    assert "logistic regression wins on validation" in result.verdict
+    assert "gradient boosting is ahead by" in result.verdict
 
 
-def test_evaluate_end_to_end_on_real_baselines(make_cfg, prepared):
-    cfg = make_cfg("data=wine", "evaluate.baselines=[dummy,linear]", "evaluate.bootstrap=50")
-    objective = resolve_objective(None, None, prepared.task)
+def test_a_tie_on_validation_goes_to_the_lower_validation_loss(make_cfg, prepared):
+    cfg = make_cfg("data=wine", "evaluate.bootstrap=20")
     y = prepared.targets["test"]
-    proba = np.eye(prepared.n_classes)[y]  # a perfect "network"
+    proba = np.eye(prepared.n_classes)[y]
+    trained = {"network": _Fixed(1.0, y, proba, val_loss=0.3), "linear": _Fixed(1.0, y, proba, val_loss=0.1)}
     result = evaluate(
-        cfg.evaluate, cfg.seed, prepared, _FixedPredictor(y, proba), objective, with_figures=False
+        cfg.evaluate, cfg.seed, prepared, trained, Objective("accuracy", "maximize"), with_figures=False
     )
-    baselines = result.baselines
-    best = max(baselines, key=lambda r: r["val_accuracy"])["model"]
-    assert result.best_baseline == best
-    assert result.metrics["accuracy"] == 1.0
-    low, high = result.interval
-    assert low <= result.difference <= high
-    assert result.verdict == verdict_line("accuracy", best, result.difference, result.interval)
+    assert result.winner == "linear"
+    # the winner is compared with the best other family, which here is the network
+    assert [c["other"] for c in result.comparisons] == ["network"]
 
 
 # --- verdict and bootstrap --------------------------------------------------------------------
 
 
 def test_verdict_line_wording():
-    assert verdict_line("accuracy", "linear", 0.05, [0.01, 0.09]) == (
-        "the network beats logistic regression by 0.050 [0.010, 0.090] in test accuracy: "
-        "deep learning earns its place here"
+    comparisons = [
+        {"other": "random_forest", "difference": 0.004, "interval": [-0.01, 0.018]},
+        {"other": "network", "difference": 0.05, "interval": [0.01, 0.09]},
+    ]
+    assert verdict_line("hist_gradient_boosting", 0.991, "roc_auc", "binary", comparisons) == (
+        "gradient boosting wins on validation (val roc_auc 0.9910); on test roc_auc, it and random forest "
+        "are within noise (+0.004 [-0.010, +0.018]); it beats the network by 0.050 [0.010, 0.090]"
     )
-    assert verdict_line("rmse", "random_forest", -2.5, [-4.0, -1.0]) == (
-        "random forest is better here by 2.500 [1.000, 4.000] in test rmse: consider it"
+    behind = [{"other": "linear", "difference": -2.5, "interval": [-4.0, -1.0]}]
+    assert verdict_line("network", 50.0, "rmse", "regression", behind) == (
+        "the network wins on validation (val rmse 50.0000); on test rmse, linear regression is ahead by "
+        "2.500 [1.000, 4.000]"
     )
-    assert verdict_line("accuracy", "hist_gradient_boosting", 0.01, [-0.02, 0.04]) == (
-        "the network and gradient boosting are within noise: +0.010 [-0.020, +0.040] in test "
-        "accuracy; the simpler model may be enough"
-    )
+    assert verdict_line("linear", 0.9, "accuracy", "binary", []).endswith("it was the only candidate")
 
 
 @pytest.mark.parametrize("task", ["multiclass", "regression"])
@@ -291,11 +271,10 @@ def test_evaluation_save_round_trips_without_copying_figures(tmp_path):
     evaluation = Evaluation(
         objective="accuracy",
         direction="maximize",
+        winner="linear",
         metrics={"accuracy": 0.9},
-        baselines=[{"model": "dummy"}],
-        best_baseline="dummy",
-        difference=0.1,
-        interval=[0.05, 0.15],
+        rows=[{"model": "linear", "val_accuracy": 0.9}, {"model": "dummy", "val_accuracy": 0.4}],
+        comparisons=[{"other": "network", "difference": 0.1, "interval": [0.05, 0.15]}],
         verdict="v",
         notes=["n"],
         figures={"a.png": figure},
@@ -304,10 +283,5 @@ def test_evaluation_save_round_trips_without_copying_figures(tmp_path):
     assert plt.get_fignums() == [figure.number]  # saving made no copies that pyplot keeps open
     plt.close("all")
     loaded = Evaluation.load(tmp_path)
-    assert loaded.figures == {} and loaded.metrics == {"accuracy": 0.9} and loaded.interval == [0.05, 0.15]
-
-
-def test_verdict_names_regression_baselines_as_such():
-    line = verdict_line("rmse", "linear", 0.5, [-1.0, 2.0])
-    assert line.startswith("the network and linear regression are within noise")
-    assert "predicting the mean is better" in verdict_line("rmse", "dummy", -3.0, [-5.0, -1.0])
+    assert loaded.figures == {} and loaded.metrics == {"accuracy": 0.9}
+    assert loaded.comparisons == evaluation.comparisons and loaded.row("dummy")["val_accuracy"] == 0.4

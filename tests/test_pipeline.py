@@ -17,29 +17,37 @@ from pipeline.errors import ConfigError, UpstreamMissing
 from pipeline.runner import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
+# each run of a network-only pipeline, by its key (stage, or stage.family), and what it used
 UPSTREAM = {
     "prepare": [],
-    "tune": ["prepare"],
-    "train": ["prepare", "tune"],
-    "evaluate": ["prepare", "train"],
-    "register": ["prepare", "train", "evaluate"],
+    "tune.network": ["prepare"],
+    "train.network": ["prepare", "tune.network"],
+    "evaluate": ["prepare", "train.network"],
+    "register": ["prepare", "train.network", "evaluate"],
 }
+
+
+def _key(run) -> str:
+    family = run.data.tags.get("model.family")
+    stage = run.data.tags["stage"]
+    return f"{stage}.{family}" if family and stage in ("tune", "train") else stage
 
 
 def _db_path(store: str) -> Path:
     return Path(store[len("sqlite:///") :])
 
 
-def _assert_stage_run(client: MlflowClient, result, stage: str) -> None:
+def _assert_stage_run(client: MlflowClient, result, key: str) -> None:
     """The stage run finished, hangs under the parent and names its upstream runs."""
-    run = client.get_run(result.run_ids[stage])
+    run = client.get_run(result.run_ids[key])
     assert run.info.status == "FINISHED"
     tags = run.data.tags
+    stage = key.split(".")[0]
     assert tags["stage"] == stage
     assert tags["mlflow.parentRunId"] == result.parent_run_id
-    for key in ("data.digest", "config.digest", "data.name", "model.name"):
-        assert tags[key], key
-    for upstream in UPSTREAM[stage]:
+    for name in ("data.digest", "config.digest", "data.name", "model.name"):
+        assert tags[name], name
+    for upstream in UPSTREAM[key]:
         assert tags[f"upstream.{upstream}"] == result.run_ids[upstream]
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
@@ -55,35 +63,40 @@ def test_each_stage_alone_finds_the_upstream_runs(make_cfg):
     prepare_id = prepared.run_ids["prepare"]
 
     # evaluate needs a train run that does not exist yet: it names the stage to run first
-    with pytest.raises(UpstreamMissing, match="no finished 'train' run.*run stage train first"):
+    with pytest.raises(
+        UpstreamMissing, match="no finished 'train' run of family 'network'.*run stage train first"
+    ):
         run_pipeline(make_cfg("stages=[evaluate]"))
 
     tuned = run_pipeline(make_cfg("stages=[tune]"))
     assert tuned.upstream_used == {"prepare": prepare_id}
-    _assert_stage_run(client, tuned, "tune")
+    _assert_stage_run(client, tuned, "tune.network")
 
     trained = run_pipeline(make_cfg("stages=[train]"))
-    assert trained.upstream_used == {"prepare": prepare_id, "tune": tuned.run_ids["tune"]}
-    assert trained.outputs["train"].params_source == "tune"
-    _assert_stage_run(client, trained, "train")
-    assert client.get_run(trained.run_ids["train"]).data.tags["model.uri"]
+    assert trained.upstream_used == {"prepare": prepare_id, "tune.network": tuned.run_ids["tune.network"]}
+    assert trained.outputs["train"]["network"].params_source == "tune"
+    _assert_stage_run(client, trained, "train.network")
+    assert client.get_run(trained.run_ids["train.network"]).data.tags["model.uri"]
 
     evaluated = run_pipeline(make_cfg("stages=[evaluate]"))
-    assert evaluated.upstream_used == {"prepare": prepare_id, "train": trained.run_ids["train"]}
+    assert evaluated.upstream_used == {
+        "prepare": prepare_id,
+        "train.network": trained.run_ids["train.network"],
+    }
     _assert_stage_run(client, evaluated, "evaluate")
 
     registered = run_pipeline(make_cfg("stages=[register]"))
     assert registered.upstream_used == {
         "prepare": prepare_id,
-        "train": trained.run_ids["train"],
+        "train.network": trained.run_ids["train.network"],
         "evaluate": evaluated.run_ids["evaluate"],
     }
     _assert_stage_run(client, registered, "register")
     decision = registered.outputs["register"]
     assert decision.alias == "champion"
-    version = client.get_model_version_by_alias("breast_cancer-mlp", "champion")
+    version = client.get_model_version_by_alias("breast_cancer", "champion")
     assert str(version.version) == decision.version
-    assert version.tags["train.run_id"] == trained.run_ids["train"]
+    assert version.tags["train.run_id"] == trained.run_ids["train.network"]
 
     # no run was left open; only the parent of the evaluate attempt without a train run failed
     runs = client.search_runs([prepared.experiment_id])
@@ -102,9 +115,9 @@ def test_standalone_stage_uses_the_prepare_run_of_its_data_set(make_cfg):
     trained = run_pipeline(make_cfg("stages=[train]", "data=wine"))
     assert trained.upstream_used == {"prepare": wine.run_ids["prepare"]}  # no tune run: config params
     assert trained.outputs["prepare"].name == "wine"
-    assert trained.outputs["train"].params_source == "config"
-    assert trained.outputs["train"].spec.n_outputs == 3  # wine's three classes
-    tags = MlflowClient().get_run(trained.run_ids["train"]).data.tags
+    assert trained.outputs["train"]["network"].params_source == "config"
+    assert trained.outputs["train"]["network"].spec.n_outputs == 3  # wine's three classes
+    tags = MlflowClient().get_run(trained.run_ids["train.network"]).data.tags
     assert tags["upstream.prepare"] == wine.run_ids["prepare"]
     assert tags["data.name"] == "wine"
     assert "upstream.tune" not in tags
@@ -129,7 +142,7 @@ def test_cli_runs_every_stage_and_records_them(run_cli, store):
     assert proc.returncode == 0, proc.stderr
     assert "registry" in proc.stdout
     assert "workflowType=machine_learning" in proc.stdout
-    assert "wine-mlp v1 -> champion" in proc.stdout
+    assert "wine v1 -> champion" in proc.stdout
 
     client = MlflowClient(tracking_uri=store)
     experiment = client.get_experiment_by_name("pipeline")
@@ -140,7 +153,7 @@ def test_cli_runs_every_stage_and_records_them(run_cli, store):
     children = client.search_runs(
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    by_stage = {r.data.tags["stage"]: r for r in children}
+    by_stage = {_key(r): r for r in children}
     assert sorted(by_stage) == sorted(UPSTREAM)
     assert len(children) == len(UPSTREAM)
     for stage, run in by_stage.items():
@@ -154,7 +167,7 @@ def test_cli_runs_every_stage_and_records_them(run_cli, store):
         assert parent.data.tags[f"upstream.{stage}"] == run.info.run_id
     # trials hang under the tune run and finished too
     trials = client.search_runs(
-        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{by_stage['tune'].info.run_id}'"
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{by_stage['tune.network'].info.run_id}'"
     )
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
 
@@ -165,9 +178,10 @@ def test_cli_runs_every_stage_and_records_them(run_cli, store):
     config_text = Path(client.download_artifacts(parent.info.run_id, "config.yaml")).read_text()
     assert "name: wine" in config_text
 
-    version = client.get_model_version_by_alias("wine-mlp", "champion")
+    version = client.get_model_version_by_alias("wine", "champion")
     assert str(version.version) == "1"
-    assert version.tags["train.run_id"] == by_stage["train"].info.run_id
+    assert version.tags["train.run_id"] == by_stage["train.network"].info.run_id
+    assert version.tags["model.family"] == "network" and version.tags["objective"] == "log_loss/minimize"
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ UPSTREAM = "stages=[prepare,train,evaluate]"
 BAD = ("train.epochs=1", "train.lr=1e-5")  # one epoch at a tiny learning rate: clearly worse
 # per data set: the objective, an unreachable floor and a floor every trained model passes
 CASES = {
-    "breast_cancer": ("accuracy", "maximize", 0.999, 0.5),
+    "breast_cancer": ("roc_auc", "maximize", 1.01, 0.5),
     "diabetes": ("rmse", "minimize", 1.0, 1000.0),
 }
 
@@ -129,7 +129,7 @@ def test_better_model_is_promoted_worse_is_challenger(pipelines, data):
     assert _alias(name, CHAMPION) == better.version
     assert _alias(name, CHALLENGER) == worse.version
     version = MlflowClient().get_model_version(name, worse.version)
-    assert version.tags["train.run_id"] == pipelines.model(data, "bad").run_ids["train"]
+    assert version.tags["train.run_id"] == pipelines.model(data, "bad").run_ids["train.network"]
 
 
 @pytest.mark.parametrize("data", list(CASES))
@@ -158,7 +158,7 @@ def test_champion_is_rescored_on_the_new_test_split(pipelines):
     name = "rescored"
     first = pipelines.register("breast_cancer", "good", name)
     assert first.alias == CHAMPION
-    logged = float(MlflowClient().get_model_version(name, first.version).tags["test_accuracy"])
+    logged = float(MlflowClient().get_model_version(name, first.version).tags["test_roc_auc"])
     assert logged == pytest.approx(pipelines.score("breast_cancer", "good"), abs=1e-5)
 
     result = pipelines.run(
@@ -177,9 +177,10 @@ def test_champion_is_rescored_on_the_new_test_split(pipelines):
 
     # score the champion ourselves on the new test split
     champion = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
-    predicted = champion.predict(prepared.frames["test"])["prediction"].to_numpy()
+    positive = prepared.preprocessing.classes[1]
+    proba = champion.predict(prepared.frames["test"])[f"proba_{positive}"].to_numpy()
     truth = prepared.preprocessing.decode(prepared.targets["test"])
-    rescored = skm.accuracy_score(np.asarray(truth, dtype=str), np.asarray(predicted, dtype=str))
+    rescored = skm.roc_auc_score(np.asarray(truth) == positive, proba)
     assert decision.champion_score == pytest.approx(rescored)
     assert decision.champion_score != pytest.approx(logged)  # not the number logged on seed 42
     assert decision.alias == CHALLENGER and _alias(name, CHAMPION) == first.version
@@ -246,9 +247,30 @@ def test_concurrent_registrations_end_with_the_better_champion(pipelines, regist
     client = MlflowClient()
     versions = {v.tags["train.run_id"]: v for v in client.search_model_versions(f"name = '{name}'")}
     assert len(versions) == 2
-    good = versions[runs["good"].run_ids["train"]]
-    bad = versions[runs["bad"].run_ids["train"]]
+    good = versions[runs["good"].run_ids["train.network"]]
+    bad = versions[runs["bad"].run_ids["train.network"]]
     assert _alias(name, CHAMPION) == str(good.version)
     # the bad one was either champion first and then replaced, or registered second as challenger
     assert set(client.get_model_version(name, str(bad.version)).aliases) <= {CHALLENGER}
     assert all(f"{name} v" in out for out in outputs.values())  # each printed its decision
+
+
+def test_the_gate_rescores_a_champion_of_another_family(pipelines):
+    """A gradient-boosting challenger against a logistic-regression champion: the champion is
+    loaded and rescored like any model, whatever its family, and the version says its family."""
+    name = "families"
+    stages = "stages=[prepare,train,evaluate,register]"
+    linear = pipelines.run(stages, "candidates=[linear]", f"registry.model_name={name}")
+    first = linear.outputs["register"]
+    assert (first.alias, first.family) == (CHAMPION, "linear")
+    trees = pipelines.run(stages, "candidates=[hist_gradient_boosting]", f"registry.model_name={name}")
+    decision = trees.outputs["register"]
+    assert decision.family == "hist_gradient_boosting"
+    assert decision.champion_version == first.version and decision.champion_comparable is True
+    # same data and seed, so the same test split: rescoring gives the champion's own test score
+    assert decision.champion_score == pytest.approx(linear.outputs["evaluate"].metrics["roc_auc"])
+    better = decision.new_score > decision.champion_score
+    assert decision.alias == (CHAMPION if better else CHALLENGER)
+    client = MlflowClient()
+    assert client.get_model_version(name, decision.version).tags["model.family"] == "hist_gradient_boosting"
+    assert client.get_model_version(name, first.version).tags["model.family"] == "linear"

@@ -34,8 +34,10 @@ def test_reproduce_gives_identical_metrics_and_registers_nothing(make_cfg, store
     for name, (before, after) in compared.items():
         assert before == pytest.approx(after, abs=1e-9), name
     # the train stage used the original tune run's best params
-    assert result.outputs["train"].params_source == "tune"
-    assert result.outputs["train"].applied_values == original.outputs["tune"].best_values
+    assert result.outputs["train"]["network"].params_source == "tune"
+    assert (
+        result.outputs["train"]["network"].applied_values == original.outputs["tune"]["network"].best_values
+    )
 
 
 @pytest.mark.slow

@@ -26,7 +26,13 @@ from hydra import compose, initialize_config_dir
 from pipeline.runner import run_pipeline
 from pipeline.serving import cli as serving
 
-MODEL = "table-mlp"
+MODEL = "table"  # the champion of table.csv
+
+
+def TABLE(served) -> list[str]:  # noqa: N802 - reads like the overrides it stands for
+    return ["data=table", f"data.path={served['root'] / 'table.csv'}"]
+
+
 LABELS = ["no", "yes"]
 
 
@@ -51,7 +57,8 @@ def _table(n: int, seed: int) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, migrated_db):
-    """A champion trained by the pipeline on a table (numbers with gaps, text with gaps)."""
+    """A champion trained by the pipeline on a table (numbers with gaps, text with gaps): a tree
+    family (gradient boosting), served like any other family."""
     root = tmp_path_factory.mktemp("serving")
     (root / "store").mkdir()
     shutil.copy(migrated_db, root / "store" / "mlflow.db")
@@ -65,14 +72,16 @@ def served(tmp_path_factory, migrated_db):
         "data=table",
         f"data.path={csv}",
         "data.target=label",
+        "candidates=[hist_gradient_boosting]",
     ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     result = run_pipeline(cfg)
     assert result.outputs["register"].alias == "champion"
     assert result.outputs["register"].model_name == MODEL
+    assert result.outputs["register"].family == "hist_gradient_boosting"
     prepared = result.outputs["prepare"]
-    predictor = result.outputs["train"].predictor(prepared)
+    predictor = result.outputs["train"]["hist_gradient_boosting"].predictor(prepared)
     assert predictor.preprocessing.column_types == {
         "x1": "numeric",
         "x2": "numeric",
@@ -176,7 +185,16 @@ def test_served_model_answers_like_the_pipeline_and_refuses_bad_requests(served,
     }
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.serving", "serve", "--port", str(port), "data=table"],
+            [
+                sys.executable,
+                "-m",
+                "pipeline.serving",
+                "serve",
+                "--port",
+                str(port),
+                "data=table",
+                f"data.path={served['root'] / 'table.csv'}",
+            ],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -242,7 +260,7 @@ def test_make_predict_scores_a_file(served, tmp_path):
             "predict",
             f"INPUT={source}",
             f"OUTPUT={output}",
-            f"ARGS=tracking.uri={served['store']} data=table serve.batch_size=5",
+            f"ARGS=tracking.uri={served['store']} data=table data.path={served['root'] / 'table.csv'} serve.batch_size=5",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -271,6 +289,7 @@ def test_predict_in_batches_matches_one_pass(served, tmp_path, capsys):
                 str(output),
                 f"tracking.uri={served['store']}",
                 "data=table",
+                f"data.path={served['root'] / 'table.csv'}",
                 f"serve.batch_size={batch}",
             ]
         )
@@ -291,11 +310,11 @@ def test_clear_errors(served, tmp_path, capsys):
     store = f"tracking.uri={served['store']}"
     rows = tmp_path / "rows.csv"
     served["rows"].to_csv(rows, index=False)
-    err = _error(["predict", "--input", str(tmp_path / "absent.csv"), store, "data=table"], capsys)
+    err = _error(["predict", "--input", str(tmp_path / "absent.csv"), store, *TABLE(served)], capsys)
     assert "does not exist" in err
     # no champion: another model name, an empty store, and for serve before anything starts
     err = _error(["predict", "--input", str(rows), store, "data=wine"], capsys)
-    assert "no model has alias champion: run make pipeline first" in err and "wine-mlp" in err
+    assert "no model has alias champion: run make pipeline first" in err and "wine" in err
     empty = f"tracking.uri=sqlite:///{tmp_path / 'empty' / 'mlflow.db'}"
     err = _error(["predict", "--input", str(rows), empty], capsys)
     assert "no model has alias champion: run make pipeline first" in err
@@ -304,12 +323,12 @@ def test_clear_errors(served, tmp_path, capsys):
     assert "no model has alias champion: run make pipeline first" in err
     # rows the model cannot take
     served["rows"].drop(columns=["color"]).to_csv(tmp_path / "short.csv", index=False)
-    err = _error(["predict", "--input", str(tmp_path / "short.csv"), store, "data=table"], capsys)
+    err = _error(["predict", "--input", str(tmp_path / "short.csv"), store, *TABLE(served)], capsys)
     assert "lacks the model's input column(s): color" in err
     bad = served["rows"].copy().astype({"x1": object})
     bad.loc[2, "x1"] = "abc"
     bad.to_csv(tmp_path / "bad.csv", index=False)
-    err = _error(["predict", "--input", str(tmp_path / "bad.csv"), store, "data=table"], capsys)
+    err = _error(["predict", "--input", str(tmp_path / "bad.csv"), store, *TABLE(served)], capsys)
     assert "column 'x1' must be numeric" in err
     err = _error(["predict", "--input", str(rows), store, "data=nope"], capsys)
     assert "data=nope" in err
@@ -337,7 +356,7 @@ def test_serve_command_and_environment():
     assert env["MLFLOW_TRACKING_URI"] == "sqlite:////tmp/x/mlflow.db"
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     cfg = serving.compose_config(["data=wine"])
-    assert serving.default_model_uri(cfg) == "models:/wine-mlp@champion"
+    assert serving.default_model_uri(cfg) == "models:/wine@champion"
     cfg = serving.compose_config(["registry.model_name=shared", "serve.port=5002"])
     assert serving.default_model_uri(cfg) == "models:/shared@champion" and cfg.serve.port == 5002
     cfg = serving.compose_config(["serve.model_uri=models:/x/3"])

@@ -57,7 +57,7 @@ def _pipeline(*overrides: str, tmp: Path) -> list[str]:
         "pipeline",
         f"hydra.run.dir={tmp}",
         "train.threads=1",
-        "evaluate.baselines=[dummy]",
+        "candidates=[network]",
         "evaluate.bootstrap=20",
         *overrides,
     ]

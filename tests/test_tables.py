@@ -16,7 +16,11 @@ from test_data import assert_store_clean, messy_table, write_csv
 from pipeline.runner import run_pipeline
 
 STAGES = "stages=[prepare,train,evaluate,register]"
-MODEL = "models:/table-mlp@champion"
+
+
+def model_uri(path) -> str:
+    """The champion of a table: registered under the file's stem."""
+    return f"models:/{Path(path).stem}@champion"
 
 
 def stage_run(client: MlflowClient, parent_run_id: str, stage: str):
@@ -30,7 +34,9 @@ def stage_run(client: MlflowClient, parent_run_id: str, stage: str):
 def assert_registered(result) -> MlflowClient:
     client = MlflowClient()
     assert client.get_run(result.parent_run_id).info.status == "FINISHED"
-    version = client.get_model_version_by_alias("table-mlp", "champion")
+    name = result.outputs["register"].model_name
+    assert name == Path(result.outputs["prepare"].card["source"]).stem
+    version = client.get_model_version_by_alias(name, "champion")
     assert str(version.version) == "1"
     assert result.outputs["register"].alias == "champion"
     return client
@@ -65,7 +71,7 @@ def test_binary_string_target_end_to_end(make_cfg, tmp_path, capsys):
     assert prepare_run.data.metrics["data.warnings"] == 5
 
     # the registered model scores raw rows: text, unseen levels, None and NaN
-    model = mlflow.pyfunc.load_model(MODEL)
+    model = mlflow.pyfunc.load_model(model_uri(result.outputs["prepare"].card["source"]))
     raw = pd.DataFrame(
         {
             "customer_id": ["new-1", "new-2", "new-3"],
@@ -113,7 +119,7 @@ def test_multiclass_parquet_with_time_split_end_to_end(make_cfg, tmp_path):
     prepared = result.outputs["prepare"]
     assert prepared.task == "multiclass" and prepared.card["split_strategy"] == "time"
     assert prepared.card["dropped_columns"] == {"when": "used for the time split"}
-    out = mlflow.pyfunc.load_model(MODEL).predict(
+    out = mlflow.pyfunc.load_model(model_uri(result.outputs["prepare"].card["source"])).predict(
         pd.DataFrame({"x1": [1.5, -1.5], "x2": [None, 0.0], "shape": ["oval", "round"]})
     )
     assert set(out["prediction"]) <= {"low", "mid", "high"}
@@ -143,7 +149,7 @@ def test_regression_semicolon_latin1_end_to_end(make_cfg, tmp_path):
     prepared = result.outputs["prepare"]
     assert prepared.task == "regression" and prepared.preprocessing.classes is None
     assert set(prepared.preprocessing.columns) == {"région", "surface", "pièces"}
-    out = mlflow.pyfunc.load_model(MODEL).predict(
+    out = mlflow.pyfunc.load_model(model_uri(result.outputs["prepare"].card["source"])).predict(
         # "pièces" as pandas reads a file of whole numbers: int64
         pd.DataFrame({"région": ["Bretagne", "Alsace"], "surface": [50.0, None], "pièces": [2, 3]})
     )

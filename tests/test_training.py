@@ -211,10 +211,10 @@ def test_device_selection_falls_back_to_cpu(make_cfg):
 @pytest.mark.slow
 def test_train_stage_logs_every_epoch_to_mlflow(make_cfg):
     result = run_pipeline(make_cfg("stages=[prepare,train]", "data=wine", "train.epochs=5"))
-    trained = result.outputs["train"]
+    trained = result.outputs["train"]["network"]
     client = MlflowClient()
-    run_id = result.run_ids["train"]
-    for key in ("train_loss", "val_loss", "val_accuracy", "lr"):
+    run_id = result.run_ids["train.network"]
+    for key in ("train_loss", "val_loss", "val_log_loss", "lr"):
         history = client.get_metric_history(run_id, key)
         assert sorted(m.step for m in history) == list(range(len(trained.history))), key
         logged = {m.step: m.value for m in history}
@@ -224,7 +224,7 @@ def test_train_stage_logs_every_epoch_to_mlflow(make_cfg):
     run = client.get_run(run_id)
     assert run.data.metrics["epochs_run"] == len(trained.history)
     assert run.data.metrics["best_epoch"] == trained.best_epoch
-    assert run.data.metrics["best_val_accuracy"] == pytest.approx(trained.best_score)
+    assert run.data.metrics["best_val_log_loss"] == pytest.approx(trained.best_score)
 
 
 def test_metric_buffer_writes_in_the_background_and_flush_waits(store):

@@ -29,6 +29,7 @@ from pipeline.tuning.study import PARENT_RUN_ATTR, open_study
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 TUNE = "stages=[prepare,tune]"
+ACCURACY = "objective.metric=accuracy"  # the metric these tests read back
 LR_ONLY = {"train": {"lr": {"type": "float", "low": 1e-5, "high": 1.0, "log": True}}}
 DIVERGES = 1e12  # an lr that makes the loss NaN in the first epoch: TrainingDiverged
 
@@ -46,9 +47,9 @@ def fresh_store(store: str) -> Path:
 
 
 def tune_cfg(make_cfg, *overrides: str, space: dict | None = None):
-    cfg = make_cfg(TUNE, *overrides)
+    cfg = make_cfg(TUNE, ACCURACY, *overrides)
     if space is not None:
-        cfg.tune.space = space
+        cfg.tune.space.network = space
     return cfg
 
 
@@ -102,7 +103,7 @@ def test_median_pruner_prunes_and_every_trial_has_its_own_nested_run(make_cfg, f
     for lr in (3e-3, 1e-2, 3e-3, 1e-2, 1e-7):
         queued.enqueue_trial({"train.lr": lr})
     result = run_pipeline(cfg)
-    tune_run_id = result.run_ids["tune"]
+    tune_run_id = result.run_ids["tune.network"]
     study = the_study(fresh_store)
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state for t in trials)
@@ -110,7 +111,7 @@ def test_median_pruner_prunes_and_every_trial_has_its_own_nested_run(make_cfg, f
     assert states[TrialState.PRUNED] >= 1, states
     assert study.trials[4].state == TrialState.PRUNED  # lr=1e-7
     assert study.user_attrs[PARENT_RUN_ATTR] == tune_run_id
-    assert result.outputs["tune"].counts == {s.name: n for s, n in states.items()}
+    assert result.outputs["tune"]["network"].counts == {s.name: n for s, n in states.items()}
 
     client = MlflowClient()
     tune_run = client.get_run(tune_run_id)
@@ -139,7 +140,7 @@ def test_median_pruner_prunes_and_every_trial_has_its_own_nested_run(make_cfg, f
             assert metrics["last_reported"] == pytest.approx(
                 trial.intermediate_values[max(trial.intermediate_values)]
             )
-    best = result.outputs["tune"]
+    best = result.outputs["tune"]["network"]
     assert best.best_run_id == study.best_trial.user_attrs[RUN_ID_ATTR]
     assert best.best_value == pytest.approx(study.best_value)
 
@@ -163,7 +164,7 @@ def test_median_pruner_prunes_and_every_trial_has_its_own_nested_run(make_cfg, f
 def test_the_median_pruner_is_built_from_the_tune_config(make_cfg, fresh_store, overrides, expected):
     cfg = tune_cfg(make_cfg, "tune.pruner=median", *overrides)
     validate(cfg)
-    study, _ = open_study(cfg, "digest", Objective("accuracy", "maximize"), fresh_store)
+    study, _ = open_study(cfg, "network", "digest", Objective("accuracy", "maximize"), fresh_store)
     assert isinstance(study.pruner, optuna.pruners.MedianPruner)
     assert study.pruner._percentile == 50.0
     assert {key: getattr(study.pruner, key) for key in expected} == expected
@@ -172,13 +173,13 @@ def test_the_median_pruner_is_built_from_the_tune_config(make_cfg, fresh_store, 
 def test_the_hyperband_pruner_is_built_from_the_tune_config(make_cfg, fresh_store):
     objective = Objective("accuracy", "maximize")
     study, _ = open_study(
-        tune_cfg(make_cfg, "tune.pruner=hyperband", "tune.epochs=20"), "a", objective, fresh_store
+        tune_cfg(make_cfg, "tune.pruner=hyperband", "tune.epochs=20"), "network", "a", objective, fresh_store
     )
     pruner = study.pruner
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
     assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (1, 20, 4)
     cfg = tune_cfg(make_cfg, "tune.pruner=hyperband", "tune.pruner_reduction_factor=3", "tune.study_name=rf3")
-    study, _ = open_study(cfg, "b", objective, fresh_store)
+    study, _ = open_study(cfg, "network", "b", objective, fresh_store)
     assert study.pruner._reduction_factor == 3
 
 
@@ -202,7 +203,7 @@ def test_the_median_pruner_judges_in_the_direction_of_the_study(make_cfg, fresh_
     study's direction) is pruned and a better one is not."""
     cfg = tune_cfg(make_cfg, "tune.epochs=20", "tune.pruner_startup_trials=2", "tune.pruner_warmup_epochs=2")
     metric = "accuracy" if direction == "maximize" else "log_loss"
-    study, _ = open_study(cfg, "digest", Objective(metric, direction), fresh_store)
+    study, _ = open_study(cfg, "network", "digest", Objective(metric, direction), fresh_store)
 
     def score(quality: float) -> float:  # an accuracy, or a loss that falls as quality rises
         return quality if direction == "maximize" else 1.0 - quality
@@ -235,8 +236,8 @@ def test_resume_continues_toward_the_total_under_one_tune_run(make_cfg, fresh_st
     study = the_study(fresh_store)
     assert len(done(study)) == 5
     assert len(study.trials) == 5
-    tune_run_id = first.run_ids["tune"]
-    assert second.run_ids["tune"] == tune_run_id == study.user_attrs[PARENT_RUN_ATTR]
+    tune_run_id = first.run_ids["tune.network"]
+    assert second.run_ids["tune.network"] == tune_run_id == study.user_attrs[PARENT_RUN_ATTR]
     runs = trial_runs(tune_run_id)
     assert run_ids(runs) == sorted(t.user_attrs[RUN_ID_ATTR] for t in study.trials)
     client = MlflowClient()
@@ -252,7 +253,9 @@ def test_resume_continues_toward_the_total_under_one_tune_run(make_cfg, fresh_st
 
 def test_a_changed_search_space_is_refused_for_a_named_study(make_cfg, fresh_store):
     run_pipeline(tune_cfg(make_cfg, "tune.n_trials=1", "tune.study_name=fixed"))
-    changed = tune_cfg(make_cfg, "tune.n_trials=2", "tune.study_name=fixed", "tune.space.train.lr.high=0.05")
+    changed = tune_cfg(
+        make_cfg, "tune.n_trials=2", "tune.study_name=fixed", "tune.space.network.train.lr.high=0.05"
+    )
     with pytest.raises(ConfigError, match=r"'fixed'.*another search space.*new tune\.study_name"):
         run_pipeline(changed)
     study = optuna.load_study(study_name="fixed", storage=journal(fresh_store))
@@ -284,8 +287,8 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(make_cfg, fresh_store
         assert run.data.tags["error"] == trial.user_attrs["error"]
         assert "value" not in run.data.metrics
     assert all(t.params["train.lr"] != DIVERGES for t in done(study))
-    assert result.outputs["tune"].counts["FAIL"] == len(failed)
-    assert client.get_run(result.run_ids["tune"]).info.status == "FINISHED"
+    assert result.outputs["tune"]["network"].counts["FAIL"] == len(failed)
+    assert client.get_run(result.run_ids["tune.network"]).info.status == "FINISHED"
 
 
 def test_when_every_trial_fails_the_stage_fails_with_the_errors(make_cfg, fresh_store):
@@ -388,7 +391,7 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_leaves_nothing_running(
     retry_run = client.get_run(retry.user_attrs[RUN_ID_ATTR])
     assert retry_run.data.tags["trial.retry_of"] == str(victim.number)
     # one tune run holds every trial run; the killed invocation's runs did not stay RUNNING
-    assert result.run_ids["tune"] == tune_run_id
+    assert result.run_ids["tune.network"] == tune_run_id
     assert client.get_run(tune_run_id).info.status == "FINISHED"
     assert client.get_run(killed_parent.info.run_id).info.status == "KILLED"
     expected = sorted(t.user_attrs[RUN_ID_ATTR] for t in study.trials)

@@ -128,32 +128,21 @@ PRUNERS: dict[str, Callable[[int, int, int | None, int], Any]] = {
 }
 
 
-def _baseline(classifier: Callable[[int], Any], regressor: Callable[[int], Any]) -> Callable[[str, int], Any]:
-    return lambda task, seed: regressor(seed) if task == "regression" else classifier(seed)
-
-
-def _sk(module: str) -> Any:
-    return import_module(f"sklearn.{module}")
-
-
-# simple models the network is compared with: name -> (task, seed) -> unfitted estimator
-BASELINES: dict[str, Callable[[str, int], Any]] = {
-    "dummy": _baseline(
-        lambda seed: _sk("dummy").DummyClassifier(strategy="prior"),
-        lambda seed: _sk("dummy").DummyRegressor(strategy="mean"),
-    ),
-    "linear": _baseline(
-        lambda seed: _sk("linear_model").LogisticRegression(max_iter=500),
-        lambda seed: _sk("linear_model").Ridge(alpha=1.0),
-    ),
-    "random_forest": _baseline(
-        lambda seed: _sk("ensemble").RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=seed),
-        lambda seed: _sk("ensemble").RandomForestRegressor(
-            n_estimators=100, min_samples_leaf=2, n_jobs=-1, random_state=seed
-        ),
-    ),
-    "hist_gradient_boosting": _baseline(
-        lambda seed: _sk("ensemble").HistGradientBoostingClassifier(random_state=seed),
-        lambda seed: _sk("ensemble").HistGradientBoostingRegressor(random_state=seed),
-    ),
+# the model families that compete: name -> its declaration (pipeline.families)
+FAMILIES: dict[str, Callable[[], Any]] = {
+    name: (lambda name=name: import_module(f"pipeline.families.{name}").FAMILY)
+    for name in ("network", "hist_gradient_boosting", "random_forest", "linear")
 }
+
+
+def _dummy(task: str) -> Any:
+    from sklearn import dummy
+
+    if task == "regression":
+        return dummy.DummyRegressor(strategy="mean")
+    return dummy.DummyClassifier(strategy="prior")
+
+
+# the floor every family must clear: name -> (task -> unfitted estimator), and how verdicts name it
+FLOORS: dict[str, Callable[[str], Any]] = {"dummy": _dummy}
+FLOOR_TITLES = {"classification": "the majority class", "regression": "predicting the mean"}

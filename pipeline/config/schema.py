@@ -96,23 +96,53 @@ class TuneConfig:
     storage: str | None = None  # None: a journal file next to the MLflow store
     study_name: str | None = None
     heartbeat_seconds: int = 10
-    space: dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] = field(default_factory=dict)  # family -> its search space
 
 
 @dataclass
 class EvaluateConfig:
-    baselines: list[str] = field(
-        default_factory=lambda: ["dummy", "linear", "random_forest", "hist_gradient_boosting"]
-    )
     bootstrap: int = 1000
     confidence: float = 0.95
-    forest_max_rows: int = 50_000
     calibration_bins: int = 10
 
 
 @dataclass
+class HistGradientBoostingConfig:
+    learning_rate: float = 0.1
+    max_iter: int = 200
+    max_leaf_nodes: int = 31
+    min_samples_leaf: int = 20
+    l2_regularization: float = 0.0
+    max_features: float = 1.0
+    steps: int = 10  # validation reports while the iterations grow (where a trial can be pruned)
+
+
+@dataclass
+class RandomForestConfig:
+    n_estimators: int = 200
+    max_features: Any = "sqrt"  # sqrt, log2, or a share of the features
+    min_samples_leaf: int = 1
+    extra_trees: bool = False
+    max_samples: float | None = None  # None: bootstrap samples as large as the training split
+    steps: int = 5  # validation reports while the trees are added
+
+
+@dataclass
+class LinearConfig:
+    C: float = 1.0  # inverse regularization strength (ridge regression's alpha is 1/C)
+    max_iter: int = 1000
+
+
+@dataclass
+class FamiliesConfig:
+    hist_gradient_boosting: HistGradientBoostingConfig = field(default_factory=HistGradientBoostingConfig)
+    random_forest: RandomForestConfig = field(default_factory=RandomForestConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+
+
+@dataclass
 class RegistryConfig:
-    model_name: str | None = None  # None: <data>-<model>
+    model_name: str | None = None  # None: the data set's name (a table's file stem)
     min_score: float | None = None
     min_delta: float = 0.0
     force: bool = False
@@ -141,7 +171,7 @@ class PrepareConfig:
 
 @dataclass
 class ObjectiveConfig:
-    metric: str | None = None  # None: accuracy for classification, rmse for regression
+    metric: str | None = None  # None: roc_auc (binary), log_loss (multiclass), rmse (regression)
     direction: str | None = None  # None: the metric's natural direction
 
 
@@ -152,12 +182,16 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    family: FamiliesConfig = field(default_factory=FamiliesConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     stages: list[str] = field(default_factory=lambda: ["prepare", "tune", "train", "evaluate", "register"])
+    candidates: list[str] = field(
+        default_factory=lambda: ["network", "hist_gradient_boosting", "random_forest", "linear"]
+    )
     seed: int = 42
     from_run: str | None = None
     progress: bool | None = None  # None: progress bars when stderr is a terminal

@@ -120,10 +120,22 @@ RULES: list[tuple[str, Check]] = [
     ("tune.pruner_reduction_factor", at_least(2)),
     ("tune.n_jobs", at_least(1)),
     ("tune.heartbeat_seconds", at_least(1)),
-    ("evaluate.baselines", each(one_of(choices.BASELINES))),
+    ("candidates", each(one_of(choices.FAMILIES))),
+    ("family.hist_gradient_boosting.learning_rate", above(0)),
+    ("family.hist_gradient_boosting.max_iter", at_least(1)),
+    ("family.hist_gradient_boosting.max_leaf_nodes", at_least(2)),
+    ("family.hist_gradient_boosting.min_samples_leaf", at_least(1)),
+    ("family.hist_gradient_boosting.l2_regularization", at_least(0.0)),
+    ("family.hist_gradient_boosting.max_features", above(0)),
+    ("family.hist_gradient_boosting.steps", at_least(1)),
+    ("family.random_forest.n_estimators", at_least(1)),
+    ("family.random_forest.min_samples_leaf", at_least(1)),
+    ("family.random_forest.max_samples", optional(above(0))),
+    ("family.random_forest.steps", at_least(1)),
+    ("family.linear.C", above(0)),
+    ("family.linear.max_iter", at_least(1)),
     ("evaluate.bootstrap", at_least(0)),
     ("evaluate.confidence", fraction),
-    ("evaluate.forest_max_rows", at_least(100)),
     ("evaluate.calibration_bins", at_least(2)),
     ("registry.min_delta", at_least(0.0)),
     ("serve.port", port),
@@ -133,12 +145,27 @@ RULES: list[tuple[str, Check]] = [
 ]
 
 
-def _stage_list(cfg: DictConfig) -> None:
-    stages = list(cfg.stages)
-    if not stages:
-        raise ConfigError("stages=[] is empty; give at least one of " + ", ".join(_stages()))
-    if len(set(stages)) != len(stages):
-        raise ConfigError(f"stages={stages} repeats a stage; list each at most once")
+def _lists(cfg: DictConfig) -> None:
+    for key, names, what in (
+        ("stages", _stages(), "stage"),
+        ("candidates", tuple(choices.FAMILIES), "family"),
+    ):
+        values = list(cfg[key])
+        if not values:
+            raise ConfigError(f"{key}=[] is empty; give at least one of " + ", ".join(names))
+        if len(set(values)) != len(values):
+            raise ConfigError(f"{key}={values} repeats a {what}; list each at most once")
+
+
+def _forest_features(cfg: DictConfig) -> None:
+    value = cfg.family.random_forest.max_features
+    if value in ("sqrt", "log2") or (
+        isinstance(value, float | int) and not isinstance(value, bool) and 0 < value <= 1
+    ):
+        return
+    raise ConfigError(
+        f"family.random_forest.max_features={value!r} is not valid; expected sqrt, log2 or a share in (0, 1]"
+    )
 
 
 def _data(cfg: DictConfig) -> None:
@@ -176,13 +203,27 @@ def _tracking(cfg: DictConfig) -> None:
         )
 
 
-def _space(cfg: DictConfig) -> None:
+def _spaces(cfg: DictConfig) -> None:
     from pipeline.tuning.space import parse_space
 
-    parse_space(OmegaConf.to_container(cfg.tune.space, resolve=True), cfg)
+    spaces = OmegaConf.to_container(cfg.tune.space, resolve=True)
+    assert isinstance(spaces, dict)
+    for name, space in spaces.items():
+        if name not in choices.FAMILIES:
+            raise ConfigError(
+                f"tune.space.{name} names no model family; expected one of {', '.join(choices.FAMILIES)}"
+            )
+        parse_space(space, cfg, f"tune.space.{name}")
 
 
-CROSS_FIELD_RULES: list[Callable[[DictConfig], None]] = [_stage_list, _data, _model, _tracking, _space]
+CROSS_FIELD_RULES: list[Callable[[DictConfig], None]] = [
+    _lists,
+    _forest_features,
+    _data,
+    _model,
+    _tracking,
+    _spaces,
+]
 
 
 def validate(cfg: DictConfig) -> None:

@@ -63,7 +63,14 @@ def compose_config(overrides: list[str]) -> DictConfig:
 def default_model_uri(cfg: DictConfig) -> str:
     from pipeline.stages.register import CHAMPION, model_name
 
-    return cfg.serve.model_uri or f"models:/{model_name(cfg)}@{CHAMPION}"
+    if cfg.serve.model_uri:
+        return str(cfg.serve.model_uri)
+    if cfg.data.name == "table" and not cfg.data.path and not cfg.registry.model_name:
+        raise ServingError(
+            "data=table needs data.path=<the table's file> (its champion is registered under the "
+            "file's name) or registry.model_name=<name>"
+        )
+    return f"models:/{model_name(cfg)}@{CHAMPION}"
 
 
 def resolve_target(cfg: DictConfig, model_uri: str | None = None) -> Target:

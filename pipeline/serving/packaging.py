@@ -1,4 +1,4 @@
-"""The registered model as an MLflow pyfunc bundling preprocessing and network: raw feature rows
+"""The registered model as an MLflow pyfunc bundling preprocessing and a fitted model of any family: raw feature rows
 in (numeric columns as numbers of any dtype, text as nullable strings, missing values in both),
 `prediction` and `proba_<class>` out. The package travels with the model (code_paths), so loading
 does not depend on where it runs."""
@@ -18,7 +18,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from pipeline.data.inspection import NUMERIC
-from pipeline.serving.predictor import PREPROCESSING_FILE, SPEC_FILE, WEIGHTS_FILE, Predictor
+from pipeline.serving.predictor import MODEL_DIR, PREPROCESSING_FILE, Predictor
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the whole `pipeline` package
 REQUIREMENTS = ("torch", "scikit-learn", "pandas", "numpy", "mlflow", "scipy", "joblib")
@@ -27,9 +27,7 @@ REQUIREMENTS = ("torch", "scikit-learn", "pandas", "numpy", "mlflow", "scipy", "
 class PipelineModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         files = context.artifacts
-        self.predictor = Predictor.from_files(
-            Path(files["preprocessing"]), Path(files["weights"]), Path(files["network"])
-        )
+        self.predictor = Predictor.from_files(Path(files["preprocessing"]), Path(files["model"]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
@@ -76,8 +74,7 @@ def log_model(predictor: Predictor, input_example: pd.DataFrame) -> str:
             python_model=str(PACKAGE_DIR / "serving" / "model_code.py"),
             artifacts={
                 "preprocessing": str(Path(tmp) / PREPROCESSING_FILE),
-                "weights": str(Path(tmp) / WEIGHTS_FILE),
-                "network": str(Path(tmp) / SPEC_FILE),
+                "model": str(Path(tmp) / MODEL_DIR),
             },
             code_paths=[str(PACKAGE_DIR)],
             signature=signature(predictor),

@@ -51,6 +51,7 @@ class StageCall:
     invocation: Invocation
     recorder: Any  # tracking.recorder.Recorder
     tags: Mapping[str, str] = field(default_factory=dict)  # the stage run's identity and lineage
+    family: str | None = None  # the model family, for a stage that runs once per candidate
     record: Any = None  # the open run: tracking.recorder.StageRecord or NullRecord
     state: Any = None  # what the stage's `open` prepared
     reused: str | None = None  # a reusable stage's earlier run whose outputs are reused
@@ -72,7 +73,8 @@ class Opening:
 class Stage:
     name: str
     needs: tuple[str, ...]  # upstream stages whose outputs it cannot run without
-    output: type  # its output: save(dir) and load(dir)
+    # its output type (save(dir), load(dir)), or family name -> the type, for a per-family stage
+    output: type | Callable[[str], type]
     run: Callable[[StageCall], Any]
     record: Callable[[Any, Any, StageCall], None] | None = None  # (run, output, call)
     # upstream stages whose outputs it takes when there are some (or a function of the config)
@@ -81,6 +83,13 @@ class Stage:
     # config -> whether a finished run with the same inputs is reused instead of run again
     reusable: Callable[[Any], bool] | None = None
     notes: Callable[[Any], list[str]] | None = None  # lines for the person at the terminal
+    per_family: bool = False  # one run per candidate family (its output: one per family)
+    # (config, invocation, family) -> tags beyond the usual ones that a run must have to be the
+    # right input for this config (the tune stage: its study)
+    identity: Callable[[Any, Invocation, str | None], dict[str, str]] | None = None
+
+    def output_type(self, family: str | None) -> type:
+        return self.output if isinstance(self.output, type) else self.output(family)
 
     def upstream(self, cfg: Any) -> list[tuple[str, bool]]:
         """(upstream stage, required) for a run of `cfg`."""

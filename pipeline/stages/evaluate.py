@@ -1,6 +1,7 @@
-"""Stage evaluate: the network's metrics and plots on the held-out test split, beside simple
-baselines trained on the same split and preprocessing, with a verdict on whether deep learning
-earned its place (the difference in the objective, with a bootstrap confidence interval)."""
+"""Stage evaluate: every candidate family side by side, with the dummy floor. The winner is the
+family with the best validation objective (the test split never chooses); it is then scored on
+test, compared with the best other family and with the network by paired bootstrap intervals,
+and its plots are drawn."""
 
 from __future__ import annotations
 
@@ -12,47 +13,34 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
-from pipeline.config.choices import BASELINES
+from pipeline.config.choices import FLOOR_TITLES, FLOORS
 from pipeline.config.schema import EvaluateConfig
-from pipeline.metrics import METRICS, Objective, task_metrics
+from pipeline.families import family as declared_family
+from pipeline.metrics import Objective, task_metrics
 from pipeline.stages import Stage, StageCall
 from pipeline.stages.prepare import PreparedData
 
-BASELINE_TITLES = {
-    "dummy": "majority class",
-    "linear": "logistic regression",
-    "random_forest": "random forest",
-    "hist_gradient_boosting": "gradient boosting",
-}
+Predictions = tuple[np.ndarray, np.ndarray | None]
 
 
 @dataclass
 class Evaluation:
     objective: str
     direction: str
-    metrics: dict[str, float]  # the network's, on the test split
-    baselines: list[dict[str, Any]]  # one row per baseline: val objective, test metrics, fit time
-    best_baseline: str | None
-    difference: float | None  # network minus best baseline, positive = network better
-    interval: list[float] | None
+    winner: str  # the family with the best validation objective
+    metrics: dict[str, float]  # the winner's, on the test split
+    rows: list[dict[str, Any]]  # per family and floor: val objective, test metrics, fit time
+    comparisons: list[dict[str, Any]]  # the winner against others: difference and interval on test
     verdict: str
     notes: list[str] = field(default_factory=list)
-    network_val: float | None = None  # the network's validation objective, when known
     figures: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def rows(self) -> list[dict[str, Any]]:
-        """The comparison: the network first, then each baseline."""
-        network = {
-            "model": "network",
-            f"val_{self.objective}": self.network_val,
-            **{f"test_{k}": v for k, v in self.metrics.items()},
-        }
-        return [network, *self.baselines]
-
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows())
+        return pd.DataFrame(self.rows)
+
+    def row(self, model: str) -> dict[str, Any]:
+        return next(r for r in self.rows if r["model"] == model)
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -62,72 +50,17 @@ class Evaluation:
 
     @classmethod
     def load(cls, directory: Path) -> Evaluation:
-        values = json.loads((directory / "evaluation.json").read_text())
-        rows = values.get("baselines", [])
-        if rows and rows[0].get("model") == "network":  # saved when the network was row 0
-            rows.pop(0)
-        return cls(**values)
+        return cls(**json.loads((directory / "evaluation.json").read_text()))
 
 
-def _predict(model: Any, x: Any, task: str, n_classes: int) -> tuple[np.ndarray, np.ndarray | None]:
-    if task == "regression":
-        return model.predict(x), None
-    proba = np.zeros((x.shape[0], n_classes))
-    proba[:, model.classes_.astype(int)] = model.predict_proba(x)
-    return proba.argmax(axis=1), proba
+def title(name: str, task: str) -> str:
+    """How the verdict names a family or the floor."""
+    if name in FLOORS:
+        return FLOOR_TITLES["regression" if task == "regression" else "classification"]
+    return declared_family(name).title(task)
 
 
-def fit_baselines(
-    evaluate_cfg: EvaluateConfig, seed: int, prepared: PreparedData, objective: Objective
-) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray | None]], list[str]]:
-    """Train each baseline on the training split; score it on val (for choosing) and test."""
-    task, notes = prepared.task, []
-    x_train, y_train = prepared.features["train"], prepared.targets["train"]
-    rows, test_predictions = [], {}
-    for name in evaluate_cfg.baselines:
-        x_fit, y_fit = x_train, y_train
-        if name == "random_forest" and x_train.shape[0] > evaluate_cfg.forest_max_rows:
-            chosen = np.random.default_rng(seed).choice(
-                x_train.shape[0], evaluate_cfg.forest_max_rows, replace=False
-            )
-            x_fit, y_fit = x_train[chosen], y_train[chosen]
-            notes.append(
-                f"random forest trained on a {evaluate_cfg.forest_max_rows}-row sample of "
-                f"{x_train.shape[0]} training rows (evaluate.forest_max_rows)"
-            )
-        dense = name == "hist_gradient_boosting" and sparse.issparse(x_fit)
-        model = BASELINES[name](task, seed)
-        started = time.perf_counter()
-        model.fit(x_fit.toarray() if dense else x_fit, y_fit)
-        seconds = time.perf_counter() - started
-
-        val_pred, val_proba, test_pred, test_proba = (
-            value
-            for split in ("val", "test")
-            for value in _predict(
-                model,
-                prepared.features[split].toarray() if dense else prepared.features[split],
-                task,
-                prepared.n_classes,
-            )
-        )
-        test_predictions[name] = (test_pred, test_proba)
-        row = {
-            "model": name,
-            f"val_{objective.metric}": objective.score(prepared.targets["val"], val_pred, val_proba),
-        }
-        row.update(
-            {
-                f"test_{k}": v
-                for k, v in task_metrics(task, prepared.targets["test"], test_pred, test_proba).items()
-            }
-        )
-        row["fit_seconds"] = round(seconds, 3)
-        rows.append(row)
-    return rows, test_predictions, notes
-
-
-def _resample(predictions: tuple, idx: np.ndarray) -> tuple:
+def _resample(predictions: Predictions, idx: np.ndarray) -> Predictions:
     pred, proba = predictions
     return pred[idx], None if proba is None else proba[idx]
 
@@ -135,8 +68,8 @@ def _resample(predictions: tuple, idx: np.ndarray) -> tuple:
 def bootstrap_difference(
     objective: Objective,
     y: np.ndarray,
-    ours: tuple,
-    theirs: tuple,
+    ours: Predictions,
+    theirs: Predictions,
     resamples: int,
     confidence: float,
     seed: int,
@@ -150,7 +83,6 @@ def bootstrap_difference(
     draws = np.empty(resamples)
     for i in range(resamples):
         idx = rng.integers(0, n, n)
-
         draws[i] = objective.improvement(
             objective.score(y[idx], *_resample(ours, idx)), objective.score(y[idx], *_resample(theirs, idx))
         )
@@ -160,33 +92,127 @@ def bootstrap_difference(
     return point, [float(low), float(high)]
 
 
-def verdict_line(metric: str, baseline: str, difference: float, interval: list[float]) -> str:
-    title = BASELINE_TITLES.get(baseline, baseline)
-    if METRICS[metric].tasks == ("regression",):
-        title = {"dummy": "predicting the mean", "linear": "linear regression"}.get(baseline, title)
+def compare_phrase(other: str, difference: float, interval: list[float]) -> str:
+    """How the winner stands against `other` on test, in words."""
     low, high = interval
     if low > 0:
-        return (
-            f"the network beats {title} by {difference:.3f} [{low:.3f}, {high:.3f}] in test {metric}: "
-            "deep learning earns its place here"
-        )
+        return f"it beats {other} by {difference:.3f} [{low:.3f}, {high:.3f}]"
     if high < 0:
-        return f"{title} is better here by {-difference:.3f} [{-high:.3f}, {-low:.3f}] in test {metric}: consider it"
-    return (
-        f"the network and {title} are within noise: {difference:+.3f} [{low:+.3f}, {high:+.3f}] in test "
-        f"{metric}; the simpler model may be enough"
-    )
+        return f"{other} is ahead by {-difference:.3f} [{-high:.3f}, {-low:.3f}]"
+    return f"it and {other} are within noise ({difference:+.3f} [{low:+.3f}, {high:+.3f}])"
 
 
-def _best_baseline(rows: list[dict[str, Any]], objective: Objective) -> str:
-    key = f"val_{objective.metric}"
+def verdict_line(
+    winner: str, val_score: float, metric: str, task: str, comparisons: list[dict[str, Any]]
+) -> str:
+    head = f"{title(winner, task)} wins on validation (val {metric} {val_score:.4f})"
+    if not comparisons:
+        return f"{head}; it was the only candidate"
+    phrases = [compare_phrase(title(c["other"], task), c["difference"], c["interval"]) for c in comparisons]
+    return f"{head}; on test {metric}, " + "; ".join(phrases)
 
-    def rank(row: dict[str, Any]) -> tuple[bool, float]:
-        # best val objective first; an undefined score (NaN, e.g. AUC on a one-class split) last
-        value = float(row[key])
-        return (bool(np.isnan(value)), -value if objective.maximize else value)
+
+def _row(
+    name: str, val_score: float, test: Predictions, prepared: PreparedData, seconds: float
+) -> dict[str, Any]:
+    metrics = task_metrics(prepared.task, prepared.targets["test"], *test)
+    return {
+        "model": name,
+        "val": val_score,
+        **{f"test_{k}": v for k, v in metrics.items()},
+        "fit_seconds": round(seconds, 3),
+    }
+
+
+def _family_row(
+    name: str, model: Any, prepared: PreparedData, objective: Objective
+) -> tuple[dict[str, Any], Predictions]:
+    """A trained family on val (its score at its best epoch or step) and test."""
+    test = model.fitted().predict(prepared.features["test"])
+    row = _row(name, float(model.best_score), test, prepared, model.seconds)
+    row["val_loss"] = model.history[model.best_epoch].get("val_loss") if model.history else None
+    return row, test
+
+
+def _floor(prepared: PreparedData, name: str) -> tuple[Predictions, Predictions, float]:
+    from pipeline.families.estimator import EstimatorModel
+
+    started = time.perf_counter()
+    estimator = FLOORS[name](prepared.task).fit(prepared.features["train"], prepared.targets["train"])
+    model = EstimatorModel(estimator, prepared.task, prepared.n_classes)
+    seconds = time.perf_counter() - started
+    return model.predict(prepared.features["val"]), model.predict(prepared.features["test"]), seconds
+
+
+def _winner(rows: list[dict[str, Any]], objective: Objective) -> str:
+    def rank(row: dict[str, Any]) -> tuple[bool, float, float]:
+        # best val objective first; an undefined score (NaN, e.g. AUC on a one-class split) last;
+        # a tie (common on a small validation split) goes to the lower validation loss
+        value = float(row["val"])
+        loss = row.get("val_loss")
+        return (
+            bool(np.isnan(value)),
+            -value if objective.maximize else value,
+            np.inf if loss is None else loss,
+        )
 
     return min(rows, key=rank)["model"]
+
+
+def _rivals(winner: str, rows: list[dict[str, Any]], objective: Objective) -> list[str]:
+    """Whom the winner is compared with: the best other family on validation, and the network."""
+    others = [r for r in rows if r["model"] != winner]
+    rivals = [_winner(others, objective)] if others else []
+    if "network" not in rivals and winner != "network" and any(r["model"] == "network" for r in rows):
+        rivals.append("network")
+    return rivals
+
+
+def evaluate(
+    evaluate_cfg: EvaluateConfig,
+    seed: int,
+    prepared: PreparedData,
+    trained: dict[str, Any],
+    objective: Objective,
+    with_figures: bool = True,
+) -> Evaluation:
+    """Every family and the floor on val and test; the winner chosen on val, compared on test."""
+    task, y_test = prepared.task, prepared.targets["test"]
+    rows, test_predictions = [], {}
+    for name, model in trained.items():
+        row, test_predictions[name] = _family_row(name, model, prepared, objective)
+        rows.append(row)
+    winner = _winner(rows, objective)
+    comparisons = []
+    for other in _rivals(winner, rows, objective):
+        difference, interval = bootstrap_difference(
+            objective,
+            y_test,
+            test_predictions[winner],
+            test_predictions[other],
+            evaluate_cfg.bootstrap,
+            evaluate_cfg.confidence,
+            seed,
+        )
+        comparisons.append({"other": other, "difference": difference, "interval": interval})
+    floor_val, floor_test, seconds = _floor(prepared, "dummy")
+    rows.append(
+        _row("dummy", objective.score(prepared.targets["val"], *floor_val), floor_test, prepared, seconds)
+    )
+    for row in rows:  # the objective's name in the column, like the test metrics
+        row[f"val_{objective.metric}"] = row.pop("val")
+    win_row = next(r for r in rows if r["model"] == winner)
+    pred, proba = test_predictions[winner]
+    return Evaluation(
+        objective=objective.metric,
+        direction=objective.direction,
+        winner=winner,
+        metrics={k[len("test_") :]: v for k, v in win_row.items() if k.startswith("test_")},
+        rows=rows,
+        comparisons=comparisons,
+        verdict=verdict_line(winner, win_row[f"val_{objective.metric}"], objective.metric, task, comparisons),
+        figures=_figures(prepared, pred, proba, evaluate_cfg.calibration_bins) if with_figures else {},
+    )
 
 
 def _figures(prepared: PreparedData, pred: np.ndarray, proba: np.ndarray | None, bins: int) -> dict[str, Any]:
@@ -203,85 +229,42 @@ def _figures(prepared: PreparedData, pred: np.ndarray, proba: np.ndarray | None,
     }
 
 
-def evaluate(
-    evaluate_cfg: EvaluateConfig,
-    seed: int,
-    prepared: PreparedData,
-    predictor: Any,
-    objective: Objective,
-    with_figures: bool = True,
-) -> Evaluation:
-    """The network on the test split beside the baselines, and the verdict against the baseline
-    with the best validation objective."""
-    y = prepared.targets["test"]
-    pred, proba = predictor.predict_encoded(prepared.frames["test"])
-    rows, baseline_predictions, notes = fit_baselines(evaluate_cfg, seed, prepared, objective)
-    best, difference, interval = None, None, None
-    verdict = "no baselines were configured (evaluate.baselines=[])"
-    if rows:
-        best = _best_baseline(rows, objective)
-        difference, interval = bootstrap_difference(
-            objective,
-            y,
-            (pred, proba),
-            baseline_predictions[best],
-            evaluate_cfg.bootstrap,
-            evaluate_cfg.confidence,
-            seed,
-        )
-        verdict = verdict_line(objective.metric, best, difference, interval)
-    return Evaluation(
-        objective=objective.metric,
-        direction=objective.direction,
-        metrics=task_metrics(prepared.task, y, pred, proba),
-        baselines=rows,
-        best_baseline=best,
-        difference=difference,
-        interval=interval,
-        verdict=verdict,
-        notes=notes,
-        figures=_figures(prepared, pred, proba, evaluate_cfg.calibration_bins) if with_figures else {},
-    )
-
-
 def comparison_markdown(evaluation: Evaluation) -> str:
     frame = evaluation.table()
     metric_columns = [c for c in frame.columns if c.startswith(("val_", "test_"))]
     lines = ["| " + " | ".join(["model", *metric_columns]) + " |", "|" + "---|" * (len(metric_columns) + 1)]
     for _, row in frame.iterrows():
-        cells = [str(row["model"])] + ["" if pd.isna(row[c]) else f"{row[c]:.4f}" for c in metric_columns]
+        name = f"**{row['model']}** (winner)" if row["model"] == evaluation.winner else str(row["model"])
+        cells = [name] + ["" if pd.isna(row[c]) else f"{row[c]:.4f}" for c in metric_columns]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"**Verdict:** {evaluation.verdict}"] + [f"- {n}" for n in evaluation.notes]
     return "\n".join(lines) + "\n"
 
 
 def run(call: StageCall) -> Evaluation:
-    predictor = call.upstream["train"].predictor(call.upstream["prepare"])
     return evaluate(
         call.cfg.evaluate,
         int(call.cfg.seed),
         call.upstream["prepare"],
-        predictor,
+        call.upstream["train"],
         call.invocation.objective,
         with_figures=call.recorder.enabled,
     )
 
 
 def record(run: Any, evaluation: Evaluation, call: StageCall) -> None:
-    baseline_metrics = {
-        f"baseline.{row['model']}.{k}": v
-        for row in evaluation.baselines
+    per_model = {
+        f"{'floor' if row['model'] in FLOORS else 'family'}.{row['model']}.{k}": v
+        for row in evaluation.rows
         for k, v in row.items()
         if k.startswith(("val_", "test_")) and v is not None
     }
-    difference = (
-        {} if evaluation.difference is None else {"network_minus_best_baseline": evaluation.difference}
-    )
+    differences = {f"winner_minus_{c['other']}": c["difference"] for c in evaluation.comparisons}
     run.log(
-        metrics={**{f"test_{k}": v for k, v in evaluation.metrics.items()}, **baseline_metrics, **difference},
+        metrics={**{f"test_{k}": v for k, v in evaluation.metrics.items()}, **per_model, **differences},
         tags={
+            "winner": evaluation.winner,
             "verdict": evaluation.verdict,
-            "best_baseline": evaluation.best_baseline or "",
             "mlflow.note.content": comparison_markdown(evaluation),
         },
     )

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import persistence
 from pipeline.config.schema import DataConfig
 from pipeline.data.card import card_markdown, data_card
 from pipeline.data.inspection import coerce_features, inspect
@@ -91,7 +91,7 @@ class PreparedData:
             **{f"index_{s}": self.index[s] for s in SPLITS},
             **{f"target_{s}": self.targets[s] for s in SPLITS},
         )
-        joblib.dump(self.preprocessing, directory / "preprocessing.joblib")
+        persistence.dump(self.preprocessing, directory / "preprocessing.joblib")
         meta = {
             k: getattr(self, k)
             for k in ("name", "task", "target", "digest", "source_digest", "split_digests")
@@ -110,7 +110,7 @@ class PreparedData:
             rows=pd.read_parquet(directory / "rows.parquet"),
             index=index,
             targets=targets,
-            preprocessing=joblib.load(directory / "preprocessing.joblib"),
+            preprocessing=persistence.load(directory / "preprocessing.joblib"),
             card=json.loads((directory / "data_card.json").read_text()),
             **meta,
         )

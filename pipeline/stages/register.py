@@ -42,6 +42,7 @@ class Decision:
     min_score: float | None = None
     min_delta: float = 0.0
     force: bool = False
+    family: str | None = None  # the family of the registered model
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -56,13 +57,21 @@ class Decision:
 
 
 def model_name(cfg: DictConfig) -> str:
-    return cfg.registry.model_name or f"{cfg.data.name}-{cfg.model.name}"
+    """`registry.model_name`, else the data set's name (a table: its file's stem, `customers`);
+    never a family, since the champion may be any family."""
+    if cfg.registry.model_name:
+        return str(cfg.registry.model_name)
+    return Path(str(cfg.data.path)).stem if cfg.data.name == "table" else str(cfg.data.name)
 
 
 def score_model(model_uri: str, prepared: PreparedData, objective: Objective) -> tuple[float | None, str]:
     """Load a registered model and score it on this run's test rows; None when its inputs or
     classes do not match this data set (with the reason)."""
-    model = registry.load_model(model_uri)
+    try:
+        model = registry.load_model(model_uri)
+    except Exception as exc:  # noqa: BLE001 - e.g. a champion registered by an older version
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        return None, f"it could not be loaded ({first}); register it again with this version"
     schema = model.metadata.get_input_schema()
     expected = set(prepared.preprocessing.columns)
     if schema is not None:
@@ -206,29 +215,37 @@ def _settle(
 def run(call: StageCall) -> Decision:
     prepared: PreparedData = call.upstream["prepare"]
     evaluation = call.upstream["evaluate"]
-    train_run = call.upstream_runs["train"]
+    winner = evaluation.winner
+    train_run = call.upstream_runs[f"train.{winner}"]
     model_uri = train_run.tags.get("model.uri")
     if not model_uri:
         raise UpstreamMissing(f"train run {train_run.run_id} logged no model; run stage train again")
     objective, git = call.invocation.objective, call.invocation.git
+    new_score = evaluation.metrics[objective.metric]
     tags = {
         "git.commit": git["commit"],
         "git.dirty": git["dirty"],
         "data.digest": prepared.digest,
         "config.digest": call.invocation.config_digest,
         "train.run_id": train_run.run_id,
+        "model.family": winner,
+        "objective": f"{objective.metric}/{objective.direction}",
+        "val_score": f"{evaluation.row(winner)[f'val_{objective.metric}']:.6g}",
+        "test_score": f"{new_score:.6g}",
         **{f"test_{k}": f"{v:.6g}" for k, v in evaluation.metrics.items()},
     }
-    return register(
+    decision = register(
         call.cfg.registry,
         model_name(call.cfg),
         prepared,
         model_uri,
-        evaluation.metrics[objective.metric],
+        new_score,
         objective,
         tags,
         call.invocation.store_dir,
     )
+    decision.family = winner
+    return decision
 
 
 def record(run: Any, decision: Decision, call: StageCall) -> None:
@@ -238,6 +255,7 @@ def record(run: Any, decision: Decision, call: StageCall) -> None:
             "registry.version": decision.version,
             "registry.alias": decision.alias,
             "registry.reason": decision.reason,
+            "model.family": decision.family or "",
         }
     )
 

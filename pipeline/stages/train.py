@@ -1,5 +1,5 @@
-"""Stage train: the final network, with the best parameters of the tune stage it follows or, when
-no tune run is used, the configured ones; the output says which."""
+"""Stage train: each candidate family's final model, with the best parameters of the tune stage
+it follows or, when no tune run is used, the configured ones; the output says which."""
 
 from __future__ import annotations
 
@@ -7,52 +7,45 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.schema import ModelConfig, TrainConfig
+from pipeline.families import family as declared_family
+from pipeline.families import settings_of
 from pipeline.metrics import Objective
-from pipeline.models import parameter_count
 from pipeline.stages import Stage, StageCall
 from pipeline.stages.prepare import PreparedData
 from pipeline.stages.tune import TuneResult
-from pipeline.training.loop import EpochCallback, fit
-from pipeline.training.result import TrainedModel
+from pipeline.training.loop import EpochCallback
 from pipeline.tuning.space import apply_values
 
 
 def train(
-    train_cfg: TrainConfig,
-    model_cfg: ModelConfig,
-    seed: int,
+    family: str,
+    settings: DictConfig,
     prepared: PreparedData,
     objective: Objective,
     tuned: TuneResult | None = None,
     on_epoch: EpochCallback | None = None,
     progress: bool = False,
-) -> TrainedModel:
-    """Train the final network on the training split, early-stopped on the validation split,
-    with the tuned values when `tuned` is given and `train.params_from=auto`."""
-    use_tuned = tuned is not None and train_cfg.params_from == "auto"
-    values = dict(tuned.best_values) if use_tuned and tuned else {}
-    settings = apply_values(OmegaConf.create({"train": train_cfg, "model": model_cfg}), values)
+) -> Any:
+    """Fit `family` on the training split, early-stopped on the validation split, with the tuned
+    values when `tuned` is given. `settings`: the sections a family reads (`settings_of(cfg)`)."""
+    values = dict(tuned.best_values) if tuned is not None else {}
+    fit = declared_family(family).fit
     trained = fit(
-        settings.train,
-        settings.model,
+        apply_values(settings, values),
         prepared.training_data(),
         objective,
-        int(seed),
-        on_epoch=on_epoch,
+        on_step=on_epoch,
         progress=progress,
     )
-    trained.params_source = "tune" if use_tuned else "config"
+    trained.params_source = "tune" if tuned is not None else "config"
     trained.applied_values = values
     return trained
 
 
-def run(call: StageCall) -> TrainedModel:
-    cfg = call.cfg
+def run(call: StageCall) -> Any:
     return train(
-        cfg.train,
-        cfg.model,
-        int(cfg.seed),
+        call.family,
+        settings_of(call.cfg),
         call.upstream["prepare"],
         call.invocation.objective,
         call.upstream.get("tune"),
@@ -61,32 +54,38 @@ def run(call: StageCall) -> TrainedModel:
     )
 
 
-def _params(cfg: DictConfig, trained: TrainedModel) -> dict[str, Any]:
+def _params(cfg: DictConfig, family: str, trained: Any) -> dict[str, Any]:
     from pipeline.tracking.recorder import flatten
 
-    resolved = {
-        "train": OmegaConf.to_container(cfg.train, resolve=True),
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-    }
+    if family == "network":
+        sections = {"train": cfg.train, "model": cfg.model}
+    else:
+        sections = {"family": {family: cfg.family[family]}}
+    resolved = OmegaConf.to_container(OmegaConf.create(sections), resolve=True)
     return flatten(resolved) | trained.applied_values  # tuned values win
 
 
-def record(run: Any, trained: TrainedModel, call: StageCall) -> None:
+def record(run: Any, trained: Any, call: StageCall) -> None:
     from pipeline import plots
 
     metric = call.invocation.objective.metric
-    tune_run = call.upstream_runs["tune"].run_id if "tune" in call.upstream_runs else None
+    tune_run = call.upstream_runs.get(f"tune.{call.family}")
+    size = {}
+    if call.family == "network":
+        size["parameter_count"] = sum(p.numel() for p in trained.network.parameters())
     run.log(
-        params=_params(call.cfg, trained),
+        params=_params(call.cfg, call.family, trained),
         metrics={
-            "parameter_count": parameter_count(trained.network),
+            **size,
             f"best_val_{metric}": trained.best_score,
             "best_epoch": trained.best_epoch,
             "epochs_run": len(trained.history),
             "train_seconds": trained.seconds,
         },
         tags={
-            "params.source": f"tune:{tune_run}" if trained.params_source == "tune" else "config",
+            "params.source": f"tune:{tune_run.run_id}"
+            if trained.params_source == "tune" and tune_run
+            else "config",
             "device": trained.device,
             "threads": trained.threads,
         },
@@ -102,7 +101,8 @@ STAGE = Stage(
     name="train",
     needs=("prepare",),
     uses=lambda cfg: () if cfg.train.params_from == "config" else ("tune",),
-    output=TrainedModel,
+    output=lambda family: declared_family(family).output,
     run=run,
     record=record,
+    per_family=True,
 )

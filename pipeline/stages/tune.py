@@ -21,13 +21,21 @@ from optuna.trial import TrialState
 from pipeline.config.schema import TuneConfig
 from pipeline.console import say
 from pipeline.errors import PipelineError
+from pipeline.families import settings_of
 from pipeline.metrics import Objective
 from pipeline.stages import Opening, Stage, StageCall
 from pipeline.tracking.provenance import mask
 from pipeline.tuning.liveness import RUN_ID_ATTR, reap_stale_trials
 from pipeline.tuning.objective import TrialContext, census, work
 from pipeline.tuning.space import Dimension, parse_space, values_from_params
-from pipeline.tuning.study import PARENT_RUN_ATTR, StudySettings, open_study, study_figures, trials_frame
+from pipeline.tuning.study import (
+    PARENT_RUN_ATTR,
+    StudySettings,
+    open_study,
+    study_figures,
+    study_settings,
+    trials_frame,
+)
 from pipeline.tuning.workers import WorkerPool, run_workers
 
 log = logging.getLogger(__name__)
@@ -96,7 +104,8 @@ def _progress_bar(enabled: bool, n_trials: int) -> tuple[Any, Any]:
 
 def tune(
     tune_cfg: TuneConfig,
-    trainable: DictConfig,
+    family: str,
+    settings_cfg: DictConfig,
     data: Any,
     objective: Objective,
     study: optuna.Study,
@@ -105,16 +114,24 @@ def tune(
     progress: bool = False,
     pool: WorkerPool | None = None,
 ) -> TuneResult:
-    """Run the study to `tune.n_trials` COMPLETE+PRUNED trials and return the best point.
-    `trainable`: the train and model sections (and seed) each trial varies; with `tune.n_jobs` > 1
-    the extra workers come from `pool` when it has them (already started)."""
+    """Run the family's study to `tune.n_trials` COMPLETE+PRUNED trials and return the best
+    point. `settings_cfg`: the settings each trial changes (pipeline.families.settings_of); with
+    `tune.n_jobs` > 1 the extra workers come from `pool` when it has them (already started)."""
     n_trials, n_jobs = int(tune_cfg.n_trials), int(tune_cfg.n_jobs)
     deadline = time.time() + tune_cfg.timeout if tune_cfg.timeout else None
     since = len(study.get_trials(deepcopy=False))
     reap_stale_trials(study, settings.heartbeat_seconds)
-    dimensions = parse_space(OmegaConf.to_container(tune_cfg.space, resolve=True))
+    dimensions = parse_space(OmegaConf.to_container(tune_cfg.space[family], resolve=True))
     ctx = TrialContext(
-        trainable, data, objective, dimensions, settings.epochs, settings.heartbeat_seconds, trial_runs, since
+        family,
+        settings_cfg,
+        data,
+        objective,
+        dimensions,
+        settings.epochs,
+        settings.heartbeat_seconds,
+        trial_runs,
+        since,
     )
     bar, show = _progress_bar(progress, n_trials)
     try:
@@ -132,25 +149,33 @@ def tune(
 
 
 def open_tune_run(call: StageCall) -> Opening:
-    """Open (or join) the study, then the study's one tune run: trials of every invocation and
-    worker nest under it."""
-    prepared = call.upstream["prepare"]
-    study, settings = open_study(
-        call.cfg, prepared.digest, call.invocation.objective, call.invocation.store_dir
-    )
-    say(f"tune: study {settings.study_name!r} in {mask(settings.storage)}")
+    """Open (or join) the family's study, then the study's one tune run: trials of every
+    invocation and worker nest under it."""
+    prepared, family, inv = call.upstream["prepare"], call.family, call.invocation
+    study, settings = open_study(call.cfg, family, prepared.digest, inv.objective, inv.store_dir)
+    say(f"tune {family}: study {settings.study_name!r} in {mask(settings.storage)}")
     tags = {"study.name": settings.study_name, "study.storage": mask(settings.storage)}
     run_id, existing = call.recorder.claim(
         study.user_attrs.get(PARENT_RUN_ATTR),
         publish=lambda mine: study.set_user_attr(PARENT_RUN_ATTR, mine),
         reread=lambda: study.user_attrs.get(PARENT_RUN_ATTR),
         shared=settings.shared,
+        name=f"tune {family}",
         tags={**call.tags, **tags},
-        parent_run_id=call.invocation.parent_run_id,
+        parent_run_id=inv.parent_run_id,
     )
     if existing:
-        say(f"tune: continuing the study's run {run_id} toward tune.n_trials={call.cfg.tune.n_trials}")
+        say(
+            f"tune {family}: continuing the study's run {run_id} toward tune.n_trials={call.cfg.tune.n_trials}"
+        )
     return Opening(run_id=run_id, tags=tags, state=(study, settings, existing))
+
+
+def study_tags(cfg: DictConfig, invocation: Any, family: str | None) -> dict[str, str]:
+    """A tune run is the right input when it holds this family's study (its space and objective)."""
+    assert family is not None
+    settings = study_settings(cfg, family, invocation.data_digest, invocation.objective, invocation.store_dir)
+    return {"study.name": settings.study_name}
 
 
 def run(call: StageCall) -> TuneResult:
@@ -159,15 +184,15 @@ def run(call: StageCall) -> TuneResult:
         call.record.log(tags={"resumed": "true"})
     if call.record.run_id is not None:
         study.set_user_attr(PARENT_RUN_ATTR, call.record.run_id)
-    trainable = OmegaConf.masked_copy(call.cfg, ["train", "model", "seed"])
     return tune(
         call.cfg.tune,
-        trainable,
+        call.family,
+        settings_of(call.cfg),
         call.upstream["prepare"].training_data(),
         call.invocation.objective,
         study,
         settings,
-        call.record.trial_runs(),
+        call.record.trial_runs(call.family),
         call.invocation.progress,
         call.invocation.pool,
     )
@@ -209,4 +234,6 @@ STAGE = Stage(
     run=run,
     record=record,
     open=open_tune_run,
+    per_family=True,
+    identity=study_tags,
 )

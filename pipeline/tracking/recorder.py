@@ -144,10 +144,10 @@ class StageRecord:
         if self._buffer is not None:
             self._buffer.flush()
 
-    def trial_runs(self) -> Any:
+    def trial_runs(self, family: str) -> Any:
         from pipeline.tracking.trials import TrialRuns
 
-        return TrialRuns(mlflow.get_tracking_uri(), self.experiment_id, self.run_id)
+        return TrialRuns(mlflow.get_tracking_uri(), self.experiment_id, self.run_id, family)
 
 
 class NullRecord:
@@ -168,7 +168,7 @@ class NullRecord:
     def model(self, predictor: Any, input_example: Any) -> None:
         return None
 
-    def trial_runs(self) -> None:
+    def trial_runs(self, family: str) -> None:
         return None
 
 
@@ -205,17 +205,25 @@ class MlflowRecorder:
                 record.flush()
 
     def find(
-        self, stage: str, filters: dict[str, str], from_run: str | None, required: bool = True
+        self,
+        stage: str,
+        filters: dict[str, str],
+        from_run: str | None,
+        required: bool = True,
+        family: str | None = None,
     ) -> FoundRun | None:
         """The run of `stage` that `from_run` names, else the newest finished one matching `filters`."""
         if from_run:
             try:
-                return _found(store.resolve_from_run(from_run, stage))
+                return _found(store.resolve_from_run(from_run, stage, family))
             except UpstreamMissing:
                 if required:
                     raise
         run = store.find_stage_run(self.experiment_id, stage, filters)
         return _found(run) if run is not None else None
+
+    def get(self, run_id: str) -> FoundRun:
+        return _found(MlflowClient().get_run(run_id))
 
     def load(self, found: FoundRun, kind: type) -> Any:
         """The stage output saved in a run's `outputs/`, loaded with `kind.load(dir)`."""
@@ -231,6 +239,7 @@ class MlflowRecorder:
         publish: Callable[[str], None],
         reread: Callable[[], Any],
         shared: bool,
+        name: str,
         tags: dict[str, str],
         parent_run_id: str,
     ) -> tuple[str, bool]:
@@ -245,7 +254,7 @@ class MlflowRecorder:
             except mlflow.exceptions.MlflowException:
                 pass  # the study outlived its run (another store): start a new one
         mine = client.create_run(
-            self.experiment_id, run_name="tune", tags={**tags, "mlflow.parentRunId": parent_run_id}
+            self.experiment_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent_run_id}
         ).info.run_id
         publish(mine)
         if shared:  # a shared database: other machines may be claiming right now
@@ -276,7 +285,7 @@ class NullRecorder:
     def stage_run(self, name: str, tags: dict[str, str], run_id: str | None = None) -> Iterator[NullRecord]:
         yield NullRecord()
 
-    def find(self, stage: str, filters: dict[str, str], from_run: str | None, required: bool = True) -> None:
+    def find(self, *args: Any, **kwargs: Any) -> None:
         return None
 
     def claim(self, *args: Any, **kwargs: Any) -> tuple[None, bool]:

@@ -145,29 +145,38 @@ def find_stage_run(experiment_id: str, stage: str, filters: dict[str, str]) -> R
     return runs[0] if runs else None
 
 
-def resolve_from_run(run_id: str, stage: str) -> Run:
-    """The run of `stage` that `run_id` names: that run itself, the upstream run it used, or its
-    child run of that stage when it is a pipeline run."""
+def resolve_from_run(run_id: str, stage: str, family: str | None = None) -> Run:
+    """The run of `stage` (of `family`) that `run_id` names: that run itself, the upstream run it
+    used, or its child run of that stage when it is a pipeline run."""
     client = MlflowClient()
     try:
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
         raise UpstreamMissing(f"from_run={run_id} is not a run in this MLflow store") from None
-    if run.data.tags.get("stage") == stage:
+    tags = run.data.tags
+    if tags.get("stage") == stage and tags.get("model.family") in (None, family):
         return run
-    upstream = run.data.tags.get(f"upstream.{stage}")
-    if upstream:
-        return client.get_run(upstream)
+    key = stage if family is None else f"{stage}.{family}"
+    if tags.get(f"upstream.{key}"):
+        return client.get_run(tags[f"upstream.{key}"])
+    clauses = [
+        f"tags.mlflow.parentRunId = '{run_id}'",
+        f"tags.stage = '{stage}'",
+        "attributes.status = 'FINISHED'",
+    ]
+    if family is not None:
+        clauses.append(f"tags.`model.family` = '{family}'")
     children = client.search_runs(
         [run.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{run_id}' and tags.stage = '{stage}' and attributes.status = 'FINISHED'",
+        " and ".join(clauses),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
     if children:
         used = children[0].data.tags.get("reused.run")
         return client.get_run(used) if used else children[0]
-    raise UpstreamMissing(f"from_run={run_id} has no finished '{stage}' run; run stage {stage} first")
+    what = stage if family is None else f"{stage} {family}"
+    raise UpstreamMissing(f"from_run={run_id} has no finished '{what}' run; run stage {stage} first")
 
 
 def runs_table_link(ui_url: str, experiment_id: str) -> str:

@@ -24,6 +24,7 @@ class TrialRuns:
     tracking_uri: str
     experiment_id: str
     tune_run_id: str
+    family: str = "network"
 
     def connect(self) -> None:
         """Point this process (a spawned worker) at the store."""
@@ -34,6 +35,7 @@ class TrialRuns:
         tags = {
             "mlflow.parentRunId": self.tune_run_id,
             "stage": "tune.trial",
+            "model.family": self.family,
             "trial.number": str(number),
             "trial.state": "RUNNING",
             "pid": str(os.getpid()),

@@ -29,11 +29,18 @@ class TrainedModel:
     threads: int = 1
     params_source: str = "config"  # "tune" or "config"
     applied_values: dict[str, Any] = field(default_factory=dict)  # tuned values, by config path
+    family: str = "network"
+
+    def fitted(self) -> Any:
+        """The network as a model that predicts from prepared features."""
+        from pipeline.families.network import NetworkModel
+
+        return NetworkModel(self.network, self.spec, self.target_scaling)
 
     def predictor(self, prepared: Any) -> Any:
         from pipeline.serving.predictor import Predictor
 
-        return Predictor(prepared.preprocessing, self.network, self.spec, self.target_scaling)
+        return Predictor(prepared.preprocessing, self.fitted())
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -48,6 +55,7 @@ class TrainedModel:
             "stopped_early": self.stopped_early,
             "params_source": self.params_source,
             "applied_values": self.applied_values,
+            "family": self.family,
             "seconds": self.seconds,
             "device": self.device,
             "threads": self.threads,
@@ -64,6 +72,7 @@ class TrainedModel:
         scaling = meta.pop("target_scaling")
         if "best_val_score" in meta:  # saved before the rename
             meta["best_score"] = meta.pop("best_val_score")
+        meta.pop("family", None)
         history = pd.read_csv(directory / "history.csv", index_col="epoch").to_dict("records")
         return cls(
             network=network.eval(),

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 class TrialContext:
     """What running one trial needs besides the study."""
 
-    cfg: DictConfig
+    family: str  # the model family the study tunes
+    cfg: DictConfig  # the settings a trial changes (pipeline.families.SETTINGS_SECTIONS)
     data: Any  # TrainingData
     objective: Objective
     dimensions: list[Dimension]
@@ -39,19 +40,12 @@ class TrialContext:
 
 
 def _train(trial: optuna.Trial, ctx: TrialContext, values: dict[str, Any], on_epoch: Callable) -> float:
-    from pipeline.training.loop import fit
+    from pipeline.families import family
 
-    trial_cfg = apply_values(ctx.cfg, values)
-    result = fit(
-        trial_cfg.train,
-        trial_cfg.model,
-        ctx.data,
-        ctx.objective,
-        int(ctx.cfg.seed),
-        epochs=ctx.epochs,
-        on_epoch=on_epoch,
+    trained = family(ctx.family).fit(
+        apply_values(ctx.cfg, values), ctx.data, ctx.objective, epochs=ctx.epochs, on_step=on_epoch
     )
-    return result.best_score
+    return trained.best_score
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> TrialState:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.errors import ConfigError
 
 TYPES = ("float", "int", "categorical", "layers")
+TUNABLE_SECTIONS = ("train", "model", "family")  # what a trial applies its values to
 _MISSING = object()
 
 
@@ -36,25 +37,25 @@ class Dimension:
     max_layers: int = 1
 
 
-def _flatten(space: dict[str, Any], prefix: str = "") -> dict[str, dict[str, Any]]:
+def _flatten(space: dict[str, Any], prefix: str = "", where: str = "tune.space") -> dict[str, dict[str, Any]]:
     entries: dict[str, dict[str, Any]] = {}
     for key, value in space.items():
         path = f"{prefix}{key}"
         if not isinstance(value, dict):
             raise ConfigError(
-                f"tune.space entry {path!r} is {value!r}; expected a mapping such as "
+                f"{where} entry {path!r} is {value!r}; expected a mapping such as "
                 "{type: float, low: 0.0001, high: 0.1, log: true}"
             )
         if "type" in value:
             entries[path] = value
         else:
-            entries.update(_flatten(value, f"{path}."))
+            entries.update(_flatten(value, f"{path}.", where))
     return entries
 
 
-def _bounds(path: str, spec: dict[str, Any], integer: bool) -> tuple[float, float]:
+def _bounds(path: str, spec: dict[str, Any], integer: bool, where: str = "tune.space") -> tuple[float, float]:
     if "low" not in spec or "high" not in spec:
-        raise ConfigError(f"tune.space entry {path!r} needs both low and high")
+        raise ConfigError(f"{where} entry {path!r} needs both low and high")
     low, high = spec["low"], spec["high"]
     kind = int if integer else (int, float)
     if (
@@ -64,57 +65,56 @@ def _bounds(path: str, spec: dict[str, Any], integer: bool) -> tuple[float, floa
         or not isinstance(high, kind)
     ):
         wanted = "integers" if integer else "numbers"
-        raise ConfigError(
-            f"tune.space entry {path!r}: low and high must be {wanted}, got {low!r} and {high!r}"
-        )
+        raise ConfigError(f"{where} entry {path!r}: low and high must be {wanted}, got {low!r} and {high!r}")
     if low > high:
-        raise ConfigError(f"tune.space entry {path!r}: low={low} is greater than high={high}")
+        raise ConfigError(f"{where} entry {path!r}: low={low} is greater than high={high}")
     if spec.get("log") and low <= 0:
-        raise ConfigError(f"tune.space entry {path!r}: log=true needs low > 0, got low={low}")
+        raise ConfigError(f"{where} entry {path!r}: log=true needs low > 0, got low={low}")
     return low, high
 
 
-def parse_space(space: dict[str, Any] | None, cfg: DictConfig | None = None) -> list[Dimension]:
-    """Parse and check a search space; with `cfg`, every path must name an existing key."""
+def parse_space(
+    space: dict[str, Any] | None, cfg: DictConfig | None = None, where: str = "tune.space"
+) -> list[Dimension]:
+    """Parse and check a search space; with `cfg`, every path must name an existing key of a
+    section a trial changes (train, model, family)."""
     dimensions = []
-    for path, spec in _flatten(space or {}).items():
+    for path, spec in _flatten(space or {}, where=where).items():
         kind = spec.get("type")
         if kind not in TYPES:
-            raise ConfigError(
-                f"tune.space entry {path!r} has type={kind!r}; expected one of {', '.join(TYPES)}"
-            )
+            raise ConfigError(f"{where} entry {path!r} has type={kind!r}; expected one of {', '.join(TYPES)}")
         unknown = set(spec) - {"type", "low", "high", "log", "step", "choices", "n_layers", "width"}
         if unknown:
-            raise ConfigError(f"tune.space entry {path!r} has unknown fields {sorted(unknown)}")
+            raise ConfigError(f"{where} entry {path!r} has unknown fields {sorted(unknown)}")
         if cfg is not None and (
-            path.split(".")[0] in ("tune", "tracking", "registry", "serve", "stages", "from_run")
+            path.split(".")[0] not in TUNABLE_SECTIONS
             or OmegaConf.select(cfg, path, default=_MISSING) is _MISSING
         ):
             raise ConfigError(
-                f"tune.space entry {path!r} names no tunable config key; use a path such as "
+                f"{where} entry {path!r} names no tunable config key; use a path such as "
                 "train.lr or model.dropout"
             )
         if kind in ("float", "int"):
-            low, high = _bounds(path, spec, integer=kind == "int")
+            low, high = _bounds(path, spec, integer=kind == "int", where=where)
             dimensions.append(
                 Dimension(path, kind, low, high, bool(spec.get("log", False)), spec.get("step"))
             )
         elif kind == "categorical":
             choices = spec.get("choices")
             if not isinstance(choices, list) or not choices:
-                raise ConfigError(f"tune.space entry {path!r} needs a non-empty list of choices")
+                raise ConfigError(f"{where} entry {path!r} needs a non-empty list of choices")
             dimensions.append(Dimension(path, kind, choices=tuple(choices)))
         else:
             layers, width = spec.get("n_layers"), spec.get("width")
             if not isinstance(layers, dict) or not isinstance(width, dict):
                 raise ConfigError(
-                    f"tune.space entry {path!r} (type layers) needs n_layers: {{low, high}} and "
+                    f"{where} entry {path!r} (type layers) needs n_layers: {{low, high}} and "
                     "width: {low, high, log}"
                 )
-            min_layers, max_layers = _bounds(f"{path}.n_layers", layers, integer=True)
-            low, high = _bounds(f"{path}.width", {**width}, integer=True)
+            min_layers, max_layers = _bounds(f"{path}.n_layers", layers, integer=True, where=where)
+            low, high = _bounds(f"{path}.width", {**width}, integer=True, where=where)
             if min_layers < 1:
-                raise ConfigError(f"tune.space entry {path!r}: n_layers.low must be >= 1")
+                raise ConfigError(f"{where} entry {path!r}: n_layers.low must be >= 1")
             dimensions.append(
                 Dimension(
                     path,

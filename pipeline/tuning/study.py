@@ -70,8 +70,8 @@ def make_storage(location: str, heartbeat_seconds: int) -> optuna.storages.BaseS
     return optuna.storages.JournalStorage(backend)
 
 
-def default_study_name(experiment: str, data_name: str, data_digest: str, model: str, digest: str) -> str:
-    return f"{experiment}-{data_name}-{data_digest[:8]}-{model}-{digest}"
+def default_study_name(experiment: str, data_name: str, data_digest: str, label: str, digest: str) -> str:
+    return f"{experiment}-{data_name}-{data_digest[:8]}-{label}-{digest}"
 
 
 def search_digest(dimensions: list[Dimension], objective: Objective) -> str:
@@ -84,19 +84,30 @@ def search_digest(dimensions: list[Dimension], objective: Objective) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def study_identity(cfg: DictConfig, family: str, objective: Objective) -> tuple[list[Dimension], str]:
+    """The family's search space, and the digest that names its study with the objective."""
+    space = OmegaConf.to_container(cfg.tune.space[family], resolve=True)
+    dimensions = parse_space(space, cfg, f"tune.space.{family}")  # type: ignore[arg-type]
+    return dimensions, search_digest(dimensions, objective)
+
+
 def study_settings(
-    cfg: DictConfig, data_digest: str, objective: Objective, store_dir: Path | None, digest: str
+    cfg: DictConfig, family: str, data_digest: str, objective: Objective, store_dir: Path | None
 ) -> StudySettings:
-    tune = cfg.tune
+    from pipeline.families import family as declared
+
+    tune, kind = cfg.tune, declared(family)
+    _, digest = study_identity(cfg, family, objective)
+    label = kind.label(cfg)
     return StudySettings(
-        study_name=tune.study_name
-        or default_study_name(cfg.tracking.experiment, cfg.data.name, data_digest, cfg.model.name, digest),
+        study_name=_named(tune.study_name, family, cfg.candidates)
+        or default_study_name(cfg.tracking.experiment, cfg.data.name, data_digest, label, digest),
         storage=storage_location(tune, store_dir),
         direction=objective.direction,
         sampler=tune.sampler,
         pruner=tune.pruner,
         seed=int(cfg.seed),
-        epochs=int(tune.epochs),
+        epochs=kind.steps(cfg),
         heartbeat_seconds=int(tune.heartbeat_seconds),
         pruner_startup_trials=int(tune.pruner_startup_trials),
         pruner_warmup_epochs=tune.pruner_warmup_epochs,
@@ -104,13 +115,24 @@ def study_settings(
     )
 
 
+def _named(study_name: str | None, family: str, candidates: Any) -> str | None:
+    """`tune.study_name` as given for one candidate; with several, one study each: <name>-<family>."""
+    if not study_name:
+        return None
+    return study_name if len(candidates) == 1 else f"{study_name}-{family}"
+
+
 def open_study(
-    cfg: DictConfig, data_digest: str, objective: Objective, store_dir: Path | None, worker: int = 0
+    cfg: DictConfig,
+    family: str,
+    data_digest: str,
+    objective: Objective,
+    store_dir: Path | None,
+    worker: int = 0,
 ) -> tuple[optuna.Study, StudySettings]:
-    """Create or load the study; refuse one whose search space or objective changed."""
-    dimensions = parse_space(OmegaConf.to_container(cfg.tune.space, resolve=True), cfg)
-    digest = search_digest(dimensions, objective)
-    settings = study_settings(cfg, data_digest, objective, store_dir, digest)
+    """Create or load the family's study; refuse one whose search space or objective changed."""
+    _, digest = study_identity(cfg, family, objective)
+    settings = study_settings(cfg, family, data_digest, objective, store_dir)
     study = load_study(settings, worker)
     recorded = study.user_attrs.get("search_digest")
     if recorded is None:

@@ -1,0 +1,107 @@
+"""Which runs are the right inputs of a stage: this invocation's outputs, the runs `from_run`
+names, or the newest finished runs with the same identity (data digest, objective, family,
+study); and once one upstream run is chosen, the runs it used itself, so that a stage run alone
+gets inputs that belong together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pipeline.console import say
+from pipeline.errors import UpstreamMissing
+from pipeline.stages import ORDER, Invocation, UpstreamRun, stage
+
+
+def run_key(name: str, family: str | None) -> str:
+    """How a stage run is named in tags and results: `train.network` for a per-family stage."""
+    return name if family is None else f"{name}.{family}"
+
+
+def identity(cfg: DictConfig, invocation: Invocation, name: str, family: str | None = None) -> dict[str, str]:
+    """The tags that make a run of stage `name` (of `family`) the right input for this config."""
+    found = {"data.digest": invocation.data_digest}
+    if name == "prepare":
+        return found
+    objective = invocation.objective
+    found["objective"] = f"{objective.metric}/{objective.direction}"
+    if family is not None:
+        found["model.family"] = family
+        if family == "network":
+            found["model.name"] = cfg.model.name
+    declared = stage(name)
+    if declared.identity is not None:
+        found.update(declared.identity(cfg, invocation, family))
+    return found
+
+
+def resolve(
+    declared: Any, family: str | None, cfg: DictConfig, invocation: Invocation, recorder: Any, result: Any
+) -> tuple[dict[str, Any], dict[str, UpstreamRun]]:
+    """The upstream outputs of a run of `declared` (for `family`), and the runs they came from.
+    Later stages are resolved first: the runs they used pin the earlier ones."""
+    upstream: dict[str, Any] = {}
+    runs: dict[str, UpstreamRun] = {}
+    pinned: dict[str, str] = {}
+    missing: list[UpstreamMissing] = []
+    for name, required in sorted(declared.upstream(cfg), key=lambda item: -ORDER.index(item[0])):
+        fan_in = stage(name).per_family and family is None
+        families = list(cfg.candidates) if fan_in else [family if stage(name).per_family else None]
+        outputs = {}
+        for each in families:
+            key = run_key(name, each)
+            try:
+                output = _one(name, each, required, cfg, invocation, recorder, result, pinned.get(key))
+            except UpstreamMissing as error:
+                missing.append(error)
+                continue
+            if output is None:
+                continue
+            outputs[each] = output
+            runs[key] = result.runs[key]
+            pinned.update({k[9:]: v for k, v in runs[key].tags.items() if k.startswith("upstream.")})
+        if outputs:
+            upstream[name] = outputs if fan_in else outputs[families[0]]
+    if missing:
+        raise missing[-1]  # the earliest stage missing: the one to run first
+    return upstream, runs
+
+
+def _one(
+    name: str,
+    family: str | None,
+    required: bool,
+    cfg: DictConfig,
+    invocation: Invocation,
+    recorder: Any,
+    result: Any,
+    pinned: str | None,
+) -> Any:
+    key = run_key(name, family)
+    if key in result.runs:
+        produced = result.outputs[name]
+        return produced if family is None else produced[family]
+    if pinned:
+        found = recorder.get(pinned)
+    else:
+        filters = identity(cfg, invocation, name, family)
+        found = recorder.find(name, filters, cfg.from_run, required, family)
+    if found is None:
+        if required and recorder.enabled:
+            what = f"'{name}' run" if family is None else f"'{name}' run of family '{family}'"
+            raise UpstreamMissing(
+                f"no finished {what} for data {cfg.data.name} (digest {invocation.data_digest[:8]}), "
+                f"objective {invocation.objective.metric} and model {cfg.model.name} in experiment "
+                f"{cfg.tracking.experiment!r}; run stage {name} first (make {name}) or give from_run=<run id>"
+            )
+        return None
+    say(f"{key}: using run {found.describe()}")
+    output = recorder.load(found, stage(name).output_type(family))
+    if family is None:
+        result.outputs[name] = output
+    else:
+        result.outputs.setdefault(name, {})[family] = output
+    result.run_ids[key] = result.upstream_used[key] = found.run_id
+    result.runs[key] = UpstreamRun(found.run_id, found.tags)
+    return output
