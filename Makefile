@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install pipeline prepare tune train evaluate register test test-fast lint format ui \
-	sweep sweep-worker dashboard serve predict server server-stop reproduce bench clean clean-store
+	sweep sweep-worker dashboard serve predict dockerfile server server-stop reproduce report bench clean clean-store
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -75,8 +75,8 @@ sweep: ## a parallel study: make sweep N_TRIALS=40 WORKERS=2
 sweep-worker: ## join an existing study (give tune.storage= and tune.study_name= in ARGS)
 	$(PY) -m pipeline stages=[tune] $(ARGS)
 
-dashboard: ## optuna-dashboard on the study storage, on 127.0.0.1:8080
-	$(BIN)/optuna-dashboard $(if $(STORAGE),$(STORAGE),optuna.journal) --host 127.0.0.1 --port $(DASHBOARD_PORT)
+dashboard: ## optuna-dashboard on the pipeline's study storage, on 127.0.0.1:8080
+	@$(PY) -m pipeline.dashboard --port $(DASHBOARD_PORT) $(if $(STORAGE),--storage "$(STORAGE)") $(ARGS)
 
 serve: ## serve the champion model on 127.0.0.1:5001
 	$(PY) -m pipeline.serving serve --port $(SERVE_PORT) $(ARGS)
@@ -84,11 +84,17 @@ serve: ## serve the champion model on 127.0.0.1:5001
 predict: ## score a file with the champion: make predict INPUT=rows.csv OUTPUT=preds.csv
 	$(PY) -m pipeline.serving predict --input "$(INPUT)" --output "$(OUTPUT)" $(ARGS)
 
+dockerfile: ## a Docker build folder for the champion: make dockerfile (then docker build dockerfile)
+	$(PY) -m pipeline.serving dockerfile --output dockerfile $(ARGS)
+
 server: ## a local MLflow tracking server backed by PostgreSQL on 127.0.0.1:5050
 	$(PY) -m pipeline.infra start --port $(SERVER_PORT)
 
 server-stop: ## stop it
 	$(PY) -m pipeline.infra stop
+
+report: ## the path of the newest pipeline run's report.html (or RUN=<run id>)
+	@$(PY) -m pipeline.report $(RUN) $(ARGS)
 
 reproduce: ## re-run train and evaluate of a finished pipeline run: make reproduce RUN=<run id>
 	$(PY) -m pipeline.reproduce "$(RUN)" $(ARGS)
@@ -100,5 +106,5 @@ clean: ## caches and outputs (never the tracking store or the registry)
 	rm -rf outputs multirun .pytest_cache .ruff_cache predictions.csv
 	find . -name __pycache__ -type d -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
-clean-store: clean ## also delete the local tracking store, registry, artifacts and studies
-	rm -rf mlflow.db mlruns mlartifacts optuna.journal optuna*.db
+clean-store: clean ## also delete the local tracking store, registry, artifacts, studies and locks
+	rm -rf mlflow.db mlruns mlartifacts optuna.journal optuna*.db locks .registry-*.lock

@@ -91,8 +91,6 @@ def score(table: Table, y: pd.Series, predicted: np.ndarray, positive: Any) -> f
 def run_pipeline(
     table: Table, train: pd.DataFrame, test: pd.DataFrame, seed: int, folder: Path, overrides: list[str]
 ) -> dict[str, Any]:
-    import mlflow
-
     path = folder / f"{table.name}.csv"
     train.to_csv(path, index=False)
     store = f"sqlite:///{folder / 'mlflow.db'}"
@@ -106,9 +104,17 @@ def run_pipeline(
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"the pipeline failed on {table.name}:\n{done.stderr[-3000:]}")
-    mlflow.set_tracking_uri(store)
-    model = mlflow.pyfunc.load_model(f"models:/{path.stem}@champion")
-    out = model.predict(test.drop(columns=[table.target]))
+    # the champion scores the test rows as a user scores a file (make predict), in its own process
+    rows, scored = folder / "test.csv", folder / "scored.csv"
+    test.drop(columns=[table.target]).to_csv(rows, index=False)
+    predict = [
+        sys.executable, "-m", "pipeline.serving", "predict", "--input", str(rows), "--output", str(scored),
+        f"tracking.uri={store}", "data=table", f"data.path={path}",
+    ]  # fmt: skip
+    scoring = subprocess.run(predict, cwd=ROOT, capture_output=True, text=True)
+    if scoring.returncode != 0:
+        raise RuntimeError(f"scoring failed on {table.name}:\n{scoring.stderr[-3000:]}")
+    out = pd.read_csv(scored)
     if table.task == "regression":
         predicted = out["prediction"].to_numpy(float)
     else:

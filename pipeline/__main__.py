@@ -1,4 +1,5 @@
-"""Command line: `python -m pipeline [overrides]` runs the configured stages (Hydra app)."""
+"""Command line: `python -m pipeline [overrides]` (or `.venv/bin/pipeline`) runs the configured
+stages. The overrides are checked before Hydra starts; the Hydra app itself is thin."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline.config import register_schemas
+from pipeline.errors import PipelineError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_schemas()
@@ -22,14 +24,55 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def _fail(exc: Exception) -> None:
-    print(f"error: {exc}", file=sys.stderr, flush=True)
+    from pipeline.tracking.provenance import mask
+
+    print(f"error: {mask(str(exc))}", file=sys.stderr, flush=True)
     sys.exit(getattr(exc, "exit_code", 2))
+
+
+def _unexpected(exc: Exception) -> None:
+    """A fault of the environment in one line (exit 2); anything else in one line too, with its
+    traceback in the run's log file (exit 1)."""
+    import logging
+
+    from pipeline.faults import explain
+    from pipeline.tracking.provenance import mask
+
+    line = explain(exc)
+    if line is not None:
+        _fail(PipelineError(line))
+    logging.getLogger("pipeline").exception("unexpected error")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    print(f"error: unexpected {type(exc).__name__}: {mask(first)[:300]} (the traceback is in the run's pipeline.log)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    sys.exit(1)
+
+
+def preflight(args: list[str]) -> None:
+    """Check the overrides before Hydra writes its output folder: one line and exit 2 when wrong."""
+    import logging
+
+    from pipeline.config.overrides import compose_checked, refuse_passwords
+    from pipeline.faults import check_writable
+
+    logging.raiseExceptions = False  # a full disk must not print a traceback per log line
+    overrides = [a for a in args if not a.startswith("-")]
+    run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), "outputs")
+    try:
+        refuse_passwords(overrides)
+        if len(overrides) == len(args):  # Hydra's own flags (-m, --cfg, --help) take over otherwise
+            compose_checked(overrides)
+        check_writable(Path(run_dir), "run from a writable folder or set hydra.run.dir=<a writable folder>")
+    except PipelineError as exc:
+        _fail(exc)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
     from pipeline.config import validate
-    from pipeline.errors import PipelineError
+    from pipeline.config.overrides import explicit_keys
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -46,17 +89,26 @@ def main(cfg: DictConfig) -> float | None:
 
     quiet_libraries()
     progress = sys.stderr.isatty() if cfg.progress is None else bool(cfg.progress)
+    explicit = explicit_keys(HydraConfig.get().overrides.task)
     try:
-        result = run_pipeline(cfg, progress=progress, pool=pool, checked=True)
+        result = run_pipeline(cfg, progress=progress, pool=pool, checked=True, explicit=explicit)
     except PipelineError as exc:
         _fail(exc)
     except KeyboardInterrupt:
         print("interrupted: open runs were marked KILLED", file=sys.stderr, flush=True)
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - one line, never Hydra's job report (it prints overrides)
+        _unexpected(exc)
     print("\n".join(summary_lines(result)), flush=True)
     evaluation = result.outputs.get("evaluate")
     return evaluation.metrics.get(result.objective.metric) if evaluation else None
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `pipeline` console script and `python -m pipeline`."""
+    preflight(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

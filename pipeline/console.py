@@ -28,3 +28,15 @@ def quiet_libraries() -> None:
     logging.captureWarnings(True)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow prints a "View run" line for every run against a server: the recorder logs them
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+class MaskingFormatter(logging.Formatter):
+    """Log lines (tracebacks included) with passwords in URLs masked: the log file is written
+    with whatever a library put in a message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from pipeline.tracking.provenance import mask
+
+        return mask(super().format(record))

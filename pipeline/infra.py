@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,15 +21,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.ports import free_port
+
+__all__ = ["PostgresCluster", "TrackingServer", "free_port", "postgres_available"]
 
 STATE_FILE = Path(".server") / "state.json"
 PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _pg_tool(name: str) -> str:
@@ -223,6 +219,9 @@ def start(port: int) -> None:
             " (make server-stop first)"
         )
         return
+    from pipeline.ports import check_free
+
+    check_free("127.0.0.1", port, "make server SERVER_PORT=<port>")
     cluster = PostgresCluster().start()
     try:
         server = TrackingServer(

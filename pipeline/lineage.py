@@ -45,7 +45,13 @@ def resolve(
     runs: dict[str, UpstreamRun] = {}
     pinned: dict[str, str] = {}
     missing: list[UpstreamMissing] = []
+    # an optional input (tuned values) comes from an earlier run only when this run continues
+    # earlier runs (its required inputs were not made now) or `from_run` names them: a fresh
+    # `stages=[prepare,train,evaluate]` trains with the configured values
+    continuing = bool(cfg.from_run) or not any(name in cfg.stages for name in declared.needs)
     for name, required in sorted(declared.upstream(cfg), key=lambda item: -ORDER.index(item[0])):
+        if not required and not continuing and run_key(name, family) not in result.runs:
+            continue
         fan_in = stage(name).per_family and family is None
         families = list(cfg.candidates) if fan_in else [family if stage(name).per_family else None]
         outputs = {}

@@ -29,9 +29,25 @@ class NetworkSpec:
     norm: str = "none"
     channels: list[int] = field(default_factory=list)
     image_shape: list[int] | None = None
+    # model=tabular: the numbers come first in its input, then one code per category
+    n_numeric: int = 0
+    cardinalities: list[int] = field(default_factory=list)
+    members: int = 1
+    d_embedding: int = 16
+    n_frequencies: int = 16
+    frequency_scale: float = 0.3
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def encoding(self) -> str:
+        """The features the network takes: robust numbers and category codes, or one-hot."""
+        return encoding_of(self.kind)
+
+
+def encoding_of(network: str) -> str:
+    return "codes" if network == "tabular" else "onehot"
 
 
 def output_size(task: str, n_classes: int) -> int:
@@ -39,13 +55,30 @@ def output_size(task: str, n_classes: int) -> int:
 
 
 def network_spec(
-    model_cfg: Any, task: str, n_features: int, n_classes: int, image_shape: tuple[int, ...] | None
+    model_cfg: Any,
+    task: str,
+    n_features: int,
+    n_classes: int,
+    image_shape: tuple[int, ...] | None,
+    layout: tuple[int, list[int]] | None = None,
 ) -> NetworkSpec:
+    """`layout`: (numbers, cardinalities) of coded features (model=tabular)."""
     if model_cfg.name == "cnn" and image_shape is None:
         raise ConfigError(
             "model=cnn needs an image data set (data=digits); this data set is a table: use model=mlp"
         )
+    if model_cfg.name == "tabular" and layout is None:
+        raise ConfigError(
+            "model=tabular needs a table (data=table or a built-in table); for images use model=cnn"
+        )
+    n_numeric, cardinalities = layout or (0, [])
     return NetworkSpec(
+        n_numeric=n_numeric,
+        cardinalities=list(cardinalities),
+        members=int(model_cfg.members) if model_cfg.name == "tabular" else 1,
+        d_embedding=int(model_cfg.d_embedding),
+        n_frequencies=int(model_cfg.n_frequencies),
+        frequency_scale=float(model_cfg.frequency_scale),
         kind=model_cfg.name,
         task=task,
         n_features=n_features,

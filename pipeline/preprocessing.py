@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.preprocessing import OneHotEncoder
 
-from pipeline.data.inspection import CATEGORICAL, NUMERIC, coerce_features
+from pipeline.data.inspection import CATEGORICAL, DATE, NUMERIC, coerce_features
 
 TRANSFORM_CHUNK_ROWS = 65_536
 
@@ -83,6 +83,31 @@ class MedianStandardizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return out
 
 
+class DateParts(TransformerMixin, BaseEstimator):
+    """Plain features of each date column: year, month, day of the week and days since the
+    earliest date of the training split (missing dates stay missing, to be imputed)."""
+
+    PARTS = ("year", "month", "day_of_week", "days")
+
+    def fit(self, X: pd.DataFrame, y: object = None) -> DateParts:
+        self.columns_ = list(X.columns)
+        earliest = [X[c].min() for c in self.columns_]
+        # as text: a saved model holds plain values only (pipeline.persistence)
+        self.earliest_ = [None if pd.isna(e) else pd.Timestamp(e).isoformat() for e in earliest]
+        return self
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        parts = []
+        for column, earliest in zip(self.columns_, self.earliest_, strict=True):
+            dates = pd.to_datetime(X[column])
+            days = (dates - pd.Timestamp(earliest)).dt.days if earliest is not None else dates.dt.day * np.nan
+            parts += [dates.dt.year, dates.dt.month, dates.dt.dayofweek, days]
+        return np.column_stack([np.asarray(p, dtype=np.float64) for p in parts])
+
+    def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
+        return np.asarray([f"{c}_{part}" for c in self.columns_ for part in self.PARTS], dtype=object)
+
+
 def _columns(X: pd.DataFrame | np.ndarray) -> Iterator[np.ndarray]:
     for j in range(X.shape[1]):
         column = X.iloc[:, j] if hasattr(X, "iloc") else X[:, j]
@@ -96,9 +121,14 @@ def build_preprocessor(
         return GlobalScaler()
     numeric = [c for c, t in column_types.items() if t == NUMERIC]
     categorical = [c for c, t in column_types.items() if t == CATEGORICAL]
+    dates = [c for c, t in column_types.items() if t == DATE]
     parts = []
     if numeric:
         parts.append(("numeric", MedianStandardizer(), numeric))
+    if dates:
+        from sklearn.pipeline import make_pipeline
+
+        parts.append(("dates", make_pipeline(DateParts(), MedianStandardizer()), dates))
     if categorical:
         parts.append(
             (
@@ -183,28 +213,37 @@ class Preprocessing:
         classes: list | None,
         sparse_above: int,
         image_shape: tuple[int, ...] | None,
+        codes: Any = None,
     ):
         self.transformer = transformer
         self.column_types = column_types
         self.classes = classes
         self.sparse_above = sparse_above
         self.image_shape = image_shape
+        self.codes = codes  # pipeline.codes.CodesEncoder of a table, for networks that embed
+
+    @property
+    def layout(self) -> tuple[int, list[int]] | None:
+        """(numbers, cardinalities) of the coded features, when there are any."""
+        return None if self.codes is None else (self.codes.n_numeric, self.codes.cardinalities)
 
     @property
     def columns(self) -> list[str]:
         return list(self.column_types)
 
     def transform(
-        self, frame: pd.DataFrame, rows: np.ndarray | None = None
+        self, frame: pd.DataFrame, rows: np.ndarray | None = None, encoding: str = "onehot"
     ) -> np.ndarray | sparse.csr_matrix:
         """Model features of `frame` (or of its `rows`, by position), computed a chunk of rows at a
-        time so the transformers' float64 intermediates stay small whatever the table's size."""
+        time so the transformers' float64 intermediates stay small whatever the table's size.
+        `encoding`: "onehot" (standardized numbers, one-hot categories) or "codes"."""
         n_rows = len(frame) if rows is None else len(rows)
+        encoder = self.codes if encoding == "codes" else self.transformer
         parts = []
         for start in range(0, max(n_rows, 1), TRANSFORM_CHUNK_ROWS):
             stop = start + TRANSFORM_CHUNK_ROWS
             chunk = frame.iloc[start:stop] if rows is None else frame.iloc[rows[start:stop]]
-            transformed = self.transformer.transform(coerce_features(chunk, self.column_types))
+            transformed = encoder.transform(coerce_features(chunk, self.column_types))
             parts.append(to_model_input(transformed, self.sparse_above))
             del transformed
             return_freed_memory()

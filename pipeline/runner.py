@@ -32,28 +32,36 @@ class PipelineResult:
     parent_run_id: str | None = None
     experiment_id: str | None = None
     link: str | None = None
+    link_note: str = ""  # how to open the link: "(make ui)" for a local store
     seconds: float = 0.0
     runs: dict[str, UpstreamRun] = field(default_factory=dict, repr=False)  # id and tags per stage
 
 
 def run_pipeline(
-    cfg: DictConfig, progress: bool = False, pool: Any = None, checked: bool = False
+    cfg: DictConfig,
+    progress: bool = False,
+    pool: Any = None,
+    checked: bool = False,
+    explicit: set[str] | frozenset[str] = frozenset(),
 ) -> PipelineResult:
     """Run the chosen stages; errors end every open run FAILED or KILLED. `checked`: the caller
-    has validated `cfg` already. `pool`: tuning workers the caller started early; closed here."""
+    has validated `cfg` already. `pool`: tuning workers the caller started early; closed here.
+    `explicit`: the keys set on the command line, which beat tuned values."""
     started = time.perf_counter()
     try:
         if not checked:
             from pipeline.config import validate
 
             validate(cfg)
-        return _run(cfg, [s for s in ORDER if s in cfg.stages], started, progress, pool)
+        return _run(cfg, [s for s in ORDER if s in cfg.stages], started, progress, pool, frozenset(explicit))
     finally:
         if pool is not None:
             pool.close()
 
 
-def _run(cfg: DictConfig, stages: list[str], started: float, progress: bool, pool: Any) -> PipelineResult:
+def _run(
+    cfg: DictConfig, stages: list[str], started: float, progress: bool, pool: Any, explicit: frozenset[str]
+) -> PipelineResult:
     from pipeline.data.inspection import inspect
     from pipeline.stages.prepare import prepared_digest, read_source
 
@@ -63,7 +71,11 @@ def _run(cfg: DictConfig, stages: list[str], started: float, progress: bool, poo
     result = PipelineResult(stages=stages, objective=objective)
     data_digest = prepared_digest(source.source_digest, cfg.data, cfg.seed)
     recorder = recorder_for(cfg.tracking)
-    result.experiment_id, result.link = recorder.experiment_id, recorder.link
+    result.experiment_id, result.link, result.link_note = (
+        recorder.experiment_id,
+        recorder.link,
+        recorder.link_note,
+    )
     if orphans := recorder.reap_orphans():
         say(f"marked {len(orphans)} run(s) KILLED that a dead process left running")
     git = git_state() if recorder.enabled else {}
@@ -84,10 +96,17 @@ def _run(cfg: DictConfig, stages: list[str], started: float, progress: bool, poo
             pool,
             recorder.store_dir,
             parent.run_id,
+            explicit,
         )
         for name in stages:
             _run_stage(stage(name), cfg, invocation, recorder, result)
         record_outcome(parent, stages, result.outputs, result.run_ids, objective)
+        if recorder.enabled:
+            from pipeline.report import build_report
+
+            parent.files(
+                {"report.html": build_report(result, git, digest, int(cfg.seed), int(cfg.serve.port))}
+            )
     result.seconds = time.perf_counter() - started
     return result
 
@@ -133,7 +152,9 @@ def _run_once(
         reused = recorder.find(declared.name, identity(cfg, invocation, declared.name), None)
     opening = declared.open(call) if declared.open is not None else Opening()
     name = declared.name if family is None else f"{declared.name} {family}"
-    with recorder.stage_run(name, {**tags, **opening.tags}, opening.run_id) as record:
+    with recorder.stage_run(
+        name, {**tags, **opening.tags}, opening.run_id, declared.system_metrics
+    ) as record:
         call = call.opened(record, opening.state)
         output = _reuse(declared, reused, recorder, record) if reused else declared.run(call)
         if reused is None:

@@ -29,6 +29,20 @@ def _families(result: Any) -> list[tuple[str, str]]:
     return rows
 
 
+def _winner_lines(result: Any) -> list[tuple[str, str]]:
+    """The winner, and where each of its tuned or overridden values came from."""
+    winner = result.outputs["evaluate"].winner
+    trained = result.outputs.get("train", {}).get(winner)
+    if trained is None:
+        return [("winner", winner)]
+    tune_run = result.runs.get(f"tune.{winner}")
+    origin = f"tune run {tune_run.run_id[:8]}" if tune_run is not None and tune_run.run_id else "tune"
+    rows = [("winner", f"{winner} (params from {trained.params_source})")]
+    rows += [(f"  {k}", f"{_short(v)} ({origin})") for k, v in trained.applied_values.items()]
+    rows += [(f"  {k}", f"{_short(v)} (command line)") for k, v in trained.overridden.items()]
+    return rows
+
+
 def _tuning(result: Any) -> list[tuple[str, str]]:
     metric, rows = result.objective.metric, []
     for family, tuned in result.outputs["tune"].items():
@@ -66,18 +80,16 @@ def summary_lines(result: Any) -> list[str]:
     if "evaluate" in outputs:
         evaluation = outputs["evaluate"]
         rows += _families(result)
-        winner = outputs.get("train", {}).get(evaluation.winner)
-        source = f" (params from {winner.params_source})" if winner is not None else ""
-        rows.append(("winner", f"{evaluation.winner}{source}"))
-        if winner is not None:
-            rows += [(f"  {k}", _short(v)) for k, v in winner.applied_values.items()]
+        rows += _winner_lines(result)
         shown = [k for k in TEST_METRICS if k in evaluation.metrics]
         rows.append(("test", ", ".join(f"{k} {evaluation.metrics[k]:.4f}" for k in shown)))
         rows.append(("verdict", evaluation.verdict))
     if "register" in outputs:
         rows.append(("registry", outputs["register"].line()))
+    if result.parent_run_id:
+        rows.append(("run", f"{result.parent_run_id}   (make reproduce RUN={result.parent_run_id})"))
     if result.link:
-        rows.append(("runs", result.link + "   (make ui)"))
+        rows.append(("runs", f"{result.link}   {result.link_note}".rstrip()))
     rows.append(("time", f"{result.seconds:.1f}s"))
     width = max(len(k) for k, _ in rows)
     return [f"{k.ljust(width)}  {v}" for k, v in rows]

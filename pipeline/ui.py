@@ -7,6 +7,16 @@ import os
 import shutil
 import sys
 
+from pipeline.errors import PipelineError
+from pipeline.ports import check_free
+
+# MLflow's server warns about its own use of Starlette on every start; the person needs the link
+QUIET_SERVER = "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWarning"
+
+
+def server_environment() -> dict[str, str]:
+    return {**os.environ, "PYTHONWARNINGS": QUIET_SERVER}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -14,6 +24,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--experiment", default="pipeline")
     args = parser.parse_args()
+    try:
+        check_free("127.0.0.1", args.port, "make ui UI_PORT=<port>")
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
 
     import mlflow
 
@@ -27,19 +42,11 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     print(f"MLflow UI: {url}/#/experiments/{experiment_id}?workflowType=machine_learning", flush=True)
     mlflow_cli = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
-    os.execv(
-        mlflow_cli,
-        [
-            mlflow_cli,
-            "server",
-            "--backend-store-uri",
-            args.backend_store_uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(args.port),
-        ],
-    )
+    command = [
+        mlflow_cli, "server", "--backend-store-uri", args.backend_store_uri,
+        "--host", "127.0.0.1", "--port", str(args.port), "--workers", "1",
+    ]  # fmt: skip
+    os.execve(mlflow_cli, command, server_environment())
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ TINY = [
 ]
 
 register_schemas()
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in test logs
 
 
 def prepare_config(cfg: DictConfig):

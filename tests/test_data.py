@@ -143,7 +143,7 @@ def test_column_roles_and_card(make_cfg, tmp_path):
         "visits": "numeric",
         "income": "numeric",
         "store": "categorical",
-        "day": "categorical",
+        "day": "date",  # dates become year, month, weekday and days since the first
         "outcome_code": "categorical",
     }
     assert card["task"] == "binary" and card["task_inferred"] is True

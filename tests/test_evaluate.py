@@ -153,6 +153,8 @@ def test_each_family_is_scored_on_validation_and_test(make_cfg, prepared):
 class _Fixed:
     """Stands in for a trained family: a fixed validation score and fixed test predictions."""
 
+    encoding = "onehot"
+
     def __init__(self, val_score, pred, proba, val_loss=0.5):
         self.best_score, self.best_epoch, self.seconds = val_score, 0, 0.0
         self.history = [{"val_loss": val_loss}]

@@ -187,17 +187,31 @@ def test_champion_is_rescored_on_the_new_test_split(pipelines):
 
 
 def test_incompatible_champion_needs_force(pipelines):
+    """A champion of another data set (other input columns) cannot be rescored; one judged on
+    another objective is not compared across objectives; either way only registry.force promotes."""
     name = "shared"
     wine = pipelines.run(
-        "stages=[prepare,train,evaluate,register]", "data=wine", f"registry.model_name={name}"
+        "stages=[prepare,train,evaluate,register]",
+        "data=wine",
+        "objective.metric=log_loss",
+        f"registry.model_name={name}",
     )
     assert wine.outputs["register"].alias == CHAMPION
     wine_version = wine.outputs["register"].version
 
-    blocked = pipelines.register("breast_cancer", "good", name)
+    other_columns = pipelines.run(
+        "stages=[prepare,train,evaluate,register]",
+        "data=breast_cancer",
+        "objective.metric=log_loss",
+        f"registry.model_name={name}",
+    ).outputs["register"]
+    assert other_columns.alias == CHALLENGER and other_columns.champion_comparable is False
+    assert "cannot be compared" in other_columns.reason and "input columns differ" in other_columns.reason
+
+    blocked = pipelines.register("breast_cancer", "good", name)  # judged on roc_auc
     assert blocked.alias == CHALLENGER and blocked.champion_comparable is False
     assert blocked.champion_score is None and blocked.champion_version == wine_version
-    assert "cannot be compared" in blocked.reason and "input columns differ" in blocked.reason
+    assert "judged on log_loss/minimize, this run on roc_auc/maximize" in blocked.reason
     assert "registry.force=true" in blocked.reason
     assert _alias(name, CHAMPION) == wine_version
 

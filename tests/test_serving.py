@@ -331,27 +331,10 @@ def test_clear_errors(served, tmp_path, capsys):
     err = _error(["predict", "--input", str(tmp_path / "bad.csv"), store, *TABLE(served)], capsys)
     assert "column 'x1' must be numeric" in err
     err = _error(["predict", "--input", str(rows), store, "data=nope"], capsys)
-    assert "data=nope" in err
+    assert "data='nope' is not valid" in err and "wine" in err
 
 
-def test_serve_command_and_environment():
-    command = serving.serve_command("models:/m@champion", "127.0.0.1", 5123)
-    assert (
-        command[-9:]
-        == [
-            "models",
-            "serve",
-            "-m",
-            "models:/m@champion",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "5123",
-            "--env-manager",
-            "local",
-        ][-9:]
-    )
-    assert "--env-manager" in command and command[command.index("--env-manager") + 1] == "local"
+def test_serving_environment_and_model_names():
     env = serving.child_env("sqlite:////tmp/x/mlflow.db")
     assert env["MLFLOW_TRACKING_URI"] == "sqlite:////tmp/x/mlflow.db"
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)

@@ -66,8 +66,15 @@ def test_binary_string_target_end_to_end(make_cfg, tmp_path, capsys):
     )
     assert '"warning_count": 5' in Path(card_dir).read_text()
     inputs = client.get_run(prepare_run.info.run_id).inputs.dataset_inputs
-    assert inputs and inputs[0].dataset.name == "table"
-    assert inputs[0].dataset.digest == prepared.source_digest[:32]
+    contexts = {i.tags[0].value: i.dataset for i in inputs}  # each split, with its context
+    assert set(contexts) == {"training", "validation", "testing"}
+    assert all(d.name == "table" for d in contexts.values())
+    split = {"training": "train", "validation": "val", "testing": "test"}
+    assert {c: d.digest for c, d in contexts.items()} == {
+        c: prepared.split_digests[s] for c, s in split.items()
+    }
+    parent_inputs = client.get_run(result.parent_run_id).inputs.dataset_inputs
+    assert [i.dataset.digest for i in parent_inputs] == [prepared.split_digests["train"]]
     assert prepare_run.data.metrics["data.warnings"] == 5
 
     # the registered model scores raw rows: text, unseen levels, None and NaN

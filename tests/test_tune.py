@@ -164,7 +164,7 @@ def test_median_pruner_prunes_and_every_trial_has_its_own_nested_run(make_cfg, f
 def test_the_median_pruner_is_built_from_the_tune_config(make_cfg, fresh_store, overrides, expected):
     cfg = tune_cfg(make_cfg, "tune.pruner=median", *overrides)
     validate(cfg)
-    study, _ = open_study(cfg, "network", "digest", Objective("accuracy", "maximize"), fresh_store)
+    study, _, _ = open_study(cfg, "network", "digest", Objective("accuracy", "maximize"), fresh_store)
     assert isinstance(study.pruner, optuna.pruners.MedianPruner)
     assert study.pruner._percentile == 50.0
     assert {key: getattr(study.pruner, key) for key in expected} == expected
@@ -172,14 +172,14 @@ def test_the_median_pruner_is_built_from_the_tune_config(make_cfg, fresh_store, 
 
 def test_the_hyperband_pruner_is_built_from_the_tune_config(make_cfg, fresh_store):
     objective = Objective("accuracy", "maximize")
-    study, _ = open_study(
+    study, _, _ = open_study(
         tune_cfg(make_cfg, "tune.pruner=hyperband", "tune.epochs=20"), "network", "a", objective, fresh_store
     )
     pruner = study.pruner
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
     assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor) == (1, 20, 4)
     cfg = tune_cfg(make_cfg, "tune.pruner=hyperband", "tune.pruner_reduction_factor=3", "tune.study_name=rf3")
-    study, _ = open_study(cfg, "network", "b", objective, fresh_store)
+    study, _, _ = open_study(cfg, "network", "b", objective, fresh_store)
     assert study.pruner._reduction_factor == 3
 
 
@@ -203,7 +203,7 @@ def test_the_median_pruner_judges_in_the_direction_of_the_study(make_cfg, fresh_
     study's direction) is pruned and a better one is not."""
     cfg = tune_cfg(make_cfg, "tune.epochs=20", "tune.pruner_startup_trials=2", "tune.pruner_warmup_epochs=2")
     metric = "accuracy" if direction == "maximize" else "log_loss"
-    study, _ = open_study(cfg, "network", "digest", Objective(metric, direction), fresh_store)
+    study, _, _ = open_study(cfg, "network", "digest", Objective(metric, direction), fresh_store)
 
     def score(quality: float) -> float:  # an accuracy, or a loss that falls as quality rises
         return quality if direction == "maximize" else 1.0 - quality

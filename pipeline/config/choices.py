@@ -55,6 +55,7 @@ DATASETS = (*BUILTIN_DATASETS, "table")
 NETWORKS: dict[str, Callable[[Any], Any]] = {
     "mlp": lambda spec: import_module("pipeline.models").MLP(spec),
     "cnn": lambda spec: import_module("pipeline.models").CNN(spec),
+    "tabular": lambda spec: import_module("pipeline.tabular").TabularNet(spec),
 }
 
 ACTIVATIONS: dict[str, Callable[[], Any]] = {

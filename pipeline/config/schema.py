@@ -53,6 +53,11 @@ class ModelConfig:
     norm: str = "none"
     channels: list[int] = field(default_factory=lambda: [16, 32])
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # model=tabular: numeric embeddings and an efficient ensemble
+    members: int = 8  # networks sharing one MLP; the prediction is their mean
+    d_embedding: int = 16  # width of each number's embedding
+    n_frequencies: int = 16  # periodic features per number
+    frequency_scale: float = 0.3  # spread of the initial frequencies
 
 
 @dataclass
@@ -154,6 +159,11 @@ class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
     experiment: str = "pipeline"
     ui_url: str = "http://127.0.0.1:5000"
+    system_metrics: bool = True  # CPU, memory (and GPU) on train and tune runs
+    system_metrics_interval: float = 0.5  # seconds; a run shorter than this logs no sample
+    connect_timeout: float | None = (
+        10.0  # seconds to reach the store before giving up; None: MLflow's patience
+    )
 
 
 @dataclass
@@ -162,6 +172,8 @@ class ServeConfig:
     port: int = 5001
     model_uri: str | None = None  # None: models:/<registry.model_name>@champion
     batch_size: int = 10_000
+    max_request_mb: float = 20.0  # larger request bodies get 413
+    max_rows: int = 100_000  # requests with more rows get 413
 
 
 @dataclass

@@ -4,6 +4,7 @@ the value and what is valid."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,18 @@ def port(key: str, value: int) -> str | None:
     return None if 1 <= value <= 65535 else f"{key}={value} is out of range; it must be 1-65535"
 
 
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def model_name(key: str, value: str) -> str | None:
+    if MODEL_NAME.match(value) and ".." not in value:
+        return None
+    return (
+        f"{key}={value!r} is not valid; use letters, digits, '.', '_' and '-' "
+        "(at most 128, starting with a letter or digit)"
+    )
+
+
 def optional(check: Check) -> Check:
     return lambda key, value: None if value is None else check(key, value)
 
@@ -95,6 +108,10 @@ RULES: list[tuple[str, Check]] = [
     ("model.dropout", share),
     ("model.hidden", each(at_least(1), "model.hidden/model.channels entries")),
     ("model.channels", each(at_least(1), "model.hidden/model.channels entries")),
+    ("model.members", at_least(1)),
+    ("model.d_embedding", at_least(1)),
+    ("model.n_frequencies", at_least(1)),
+    ("model.frequency_scale", above(0)),
     ("train.epochs", at_least(1)),
     ("train.batch_size", at_least(1)),
     ("train.optimizer", one_of(choices.OPTIMIZERS)),
@@ -137,9 +154,14 @@ RULES: list[tuple[str, Check]] = [
     ("evaluate.bootstrap", at_least(0)),
     ("evaluate.confidence", fraction),
     ("evaluate.calibration_bins", at_least(2)),
+    ("registry.model_name", optional(model_name)),
     ("registry.min_delta", at_least(0.0)),
     ("serve.port", port),
+    ("tracking.system_metrics_interval", above(0)),
+    ("tracking.connect_timeout", optional(above(0))),
     ("serve.batch_size", at_least(1)),
+    ("serve.max_request_mb", above(0)),
+    ("serve.max_rows", at_least(1)),
     ("objective.direction", optional(one_of(choices.DIRECTIONS))),
     ("objective.metric", optional(one_of(_metrics))),
 ]

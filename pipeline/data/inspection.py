@@ -15,7 +15,9 @@ from pipeline.errors import DataError
 from pipeline.splitting import default_strategy
 
 ID_NAME = re.compile(r"(^id$|_id$|^id_|uuid|guid|^index$|^unnamed: ?0$)", re.IGNORECASE)
-NUMERIC, CATEGORICAL = "numeric", "categorical"
+NUMERIC, CATEGORICAL, DATE = "numeric", "categorical", "date"
+# a date as text: 2024-01-31, 31/01/2024, 2024.01.31, with an optional time of day
+DATE_TEXT = re.compile(r"^\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?$")
 LEAK_CHECK_ROWS = 20_000
 
 
@@ -102,10 +104,32 @@ def _column_type(series: pd.Series, int_max_levels: int) -> str:
     return NUMERIC
 
 
+def looks_like_dates(series: pd.Series) -> bool:
+    """Dates: a datetime column, or text whose values (nearly all) read as dates."""
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return True
+    if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
+        return False
+    sample = series.dropna().astype(str).str.strip().iloc[:2000]
+    if len(sample) == 0 or sample.str.match(DATE_TEXT).mean() < 0.95:
+        return False
+    return bool(to_dates(sample).notna().mean() >= 0.95)
+
+
+def to_dates(series: pd.Series) -> pd.Series:
+    """Dates as naive datetimes (UTC when they carry a zone); NaT for what is not a date."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas warns when it guesses a format per value
+        parsed = pd.to_datetime(series, errors="coerce", format="mixed", utc=True)
+    return parsed.dt.tz_localize(None)
+
+
 def coerce_features(frame: pd.DataFrame, column_types: dict[str, str]) -> pd.DataFrame:
     """The one raw-to-model coercion used in prepare and at predict time: numeric columns become
-    float64 and categorical ones a pandas Categorical of text labels, NaN for missing in both
-    (the preprocessing imputes). Float64 columns pass through uncopied and categories hold each
+    float64, dates datetimes and categorical ones a pandas Categorical of text labels, missing in
+    all (the preprocessing imputes). Float64 columns pass through uncopied and categories hold each
     label once, so the coerced frame of a large table costs little beyond the table itself."""
     out = {}
     for column, kind in column_types.items():
@@ -116,6 +140,8 @@ def coerce_features(frame: pd.DataFrame, column_types: dict[str, str]) -> pd.Dat
                 if series.dtype == "float64"
                 else pd.to_numeric(series, errors="coerce").astype("float64")
             )
+        elif kind == DATE:
+            out[column] = series if series.dtype == "datetime64[ns]" else to_dates(series)
         else:
             out[column] = _text_categories(series)
     return pd.DataFrame(out, index=frame.index, copy=False)
@@ -217,6 +243,8 @@ def _check_columns(table: Table, data_cfg: Any) -> None:
 def _drop_rows_without_target(table: Table, data_cfg: Any, warnings: list[str]) -> tuple[pd.DataFrame, int]:
     frame = table.frame
     missing_target = frame[table.target].isna()
+    if missing_target.all():
+        raise DataError(f"target column {table.target!r} has no values; choose another data.target")
     if missing_target.any():
         warnings.append(f"{int(missing_target.sum())} rows have no target value and were dropped")
         frame = frame.loc[~missing_target]
@@ -266,6 +294,9 @@ def _column_roles(
         if column == target_column or column in dropped:
             continue
         series = frame[column]
+        if series.notna().any() and looks_like_dates(series):
+            column_types[column] = DATE  # year, month, weekday and days since the first date
+            continue
         why = _reason_to_drop(column, series)
         if why is not None:
             dropped[column], warning = why
@@ -288,11 +319,8 @@ def _reason_to_drop(column: str, series: pd.Series) -> tuple[str, str] | None:
     """(why, warning) when a column cannot be a feature."""
     if series.isna().all():
         return "all values missing", f"column {column!r} has no values and was dropped"
-    if pd.api.types.is_datetime64_any_dtype(series) or pd.api.types.is_timedelta64_dtype(series):
-        return (
-            "a date/time (data.split.time can split on it)",
-            f"column {column!r} holds dates/times and was dropped",
-        )
+    if pd.api.types.is_timedelta64_dtype(series):
+        return "a duration", f"column {column!r} holds durations and was dropped"
     if _looks_like_id(column, series):
         return "looks like an identifier", f"column {column!r} looks like an identifier and was dropped"
     return None

@@ -6,6 +6,7 @@ import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -39,11 +40,108 @@ def load_builtin(name: str) -> Table:
     return Table(frame, "target", name, frame_digest(frame), IMAGE_SHAPES.get(name))
 
 
+FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+SAMPLE_BYTES = 65536
+
+
 def _sniff_delimiter(sample: str) -> str:
     try:
         return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
     except csv.Error:
         return ","
+
+
+def _encodings(head: bytes, configured: str | None, where: str) -> list[str]:
+    """The encodings to try: the configured one, UTF-16 when a BOM or NUL-spaced text says so,
+    else UTF-8 (dropping a BOM) then latin-1. NUL bytes in any other pattern mean binary data."""
+    if configured:
+        return [configured]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return ["utf-16"]
+    if b"\x00" in head:
+        even, odd = head[0::2], head[1::2]
+        if odd.count(0) > 0.9 * len(odd):
+            return ["utf-16-le"]
+        if even.count(0) > 0.9 * len(even):
+            return ["utf-16-be"]
+        raise DataError(f"{where} is not a readable table (it holds binary data); give a CSV or Parquet file")
+    return ["utf-8-sig", "latin-1"]
+
+
+def _check_text(sample: str, where: str) -> None:
+    """Text decoded from binary data is full of control characters."""
+    control = sum(1 for c in sample if (ord(c) < 32 and c not in "\t\r\n") or 0x7F <= ord(c) < 0xA0)
+    if sample and control > 0.01 * len(sample):
+        raise DataError(f"{where} is not a readable table (it holds binary data); give a CSV or Parquet file")
+
+
+def _check_header(names: list[str], where: str) -> None:
+    seen: dict[str, list[int]] = {}
+    for position, name in enumerate(names, 1):
+        seen.setdefault(name.strip(), []).append(position)
+    repeated = {name: at for name, at in seen.items() if len(at) > 1}
+    if repeated:
+        shown = "; ".join(f"{name!r} (columns {', '.join(map(str, at))})" for name, at in repeated.items())
+        raise DataError(f"{where} repeats column names: {shown}; give each column its own name")
+
+
+def _read_csv(
+    file: Path, delimiter: str | None, encoding: str | None, where: str, dtype: Any
+) -> pd.DataFrame:
+    with file.open("rb") as handle:
+        head = handle.read(SAMPLE_BYTES)
+    encodings = _encodings(head, encoding, where)
+    for i, enc in enumerate(encodings):
+        try:
+            with file.open("r", encoding=enc, newline="") as handle:
+                sample = handle.read(SAMPLE_BYTES)
+            _check_text(sample, where)
+            sep = delimiter or _sniff_delimiter(sample)
+            header = next(csv.reader(sample.splitlines()[:1], delimiter=sep), [])
+            _check_header(header, where)
+            return pd.read_csv(file, sep=sep, encoding=enc, low_memory=False, dtype=dtype)
+        except UnicodeDecodeError:
+            if i == len(encodings) - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def read_frame(
+    path: str,
+    fmt: str | None = None,
+    delimiter: str | None = None,
+    encoding: str | None = None,
+    where: str | None = None,
+    dtype: Any = None,
+) -> pd.DataFrame:
+    """A CSV or Parquet file as a frame; a missing, empty, binary or unreadable file, an unknown
+    format and repeated column names are one-line errors naming `where` (the setting or flag)."""
+    where = where or f"data.path={path!r}"
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"{where} does not exist or is not a file; give the path of a CSV or Parquet file")
+    suffix = file.suffix.lower()
+    fmt = fmt or FORMATS.get(suffix)
+    if fmt is None:
+        raise DataError(
+            f"{where} has an unknown format {suffix or '(no extension)'!r}; "
+            "use a .csv or .parquet file, or set data.format=csv|parquet"
+        )
+    try:
+        frame = (
+            _read_parquet(file) if fmt == "parquet" else _read_csv(file, delimiter, encoding, where, dtype)
+        )
+    except DataError:
+        raise
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{where} is empty; the table needs a header and rows") from None
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the same to the user
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{where} could not be read as {fmt}: {first}") from None
+    if fmt == "parquet":
+        _check_header([str(c) for c in frame.columns], where)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
 
 
 def read_table(
@@ -53,48 +151,9 @@ def read_table(
     delimiter: str | None = None,
     encoding: str | None = None,
 ) -> Table:
-    """Read a CSV or Parquet file; unknown formats and unreadable files are errors."""
+    """Read a CSV or Parquet file as the table to learn from."""
+    frame = read_frame(path, fmt, delimiter, encoding)
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(
-            f"data.path={path!r} does not exist or is not a file; give the path of a CSV or Parquet file"
-        )
-    suffix = file.suffix.lower()
-    fmt = fmt or {
-        ".csv": "csv",
-        ".tsv": "csv",
-        ".txt": "csv",
-        ".parquet": "parquet",
-        ".pq": "parquet",
-    }.get(suffix)
-    if fmt is None:
-        raise DataError(
-            f"data.path={path!r} has an unknown format {suffix or '(no extension)'!r}; "
-            "use a .csv or "
-            ".parquet file, or set data.format=csv|parquet"
-        )
-    try:
-        if fmt == "parquet":
-            frame = _read_parquet(file)
-        else:
-            encodings = [encoding] if encoding else ["utf-8-sig", "latin-1"]  # -sig: drop a BOM
-            for i, enc in enumerate(encodings):
-                try:
-                    with file.open("r", encoding=enc, newline="") as handle:
-                        sep = delimiter or _sniff_delimiter(handle.read(65536))
-                    frame = pd.read_csv(file, sep=sep, encoding=enc, low_memory=False)
-                    break
-                except UnicodeDecodeError:
-                    if i == len(encodings) - 1:
-                        raise
-    except DataError:
-        raise
-    except pd.errors.EmptyDataError:
-        raise DataError(f"data.path={path!r} is empty; the table needs a header and rows") from None
-    except Exception as exc:  # noqa: BLE001 - any reader failure means the same to the user
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"data.path={path!r} could not be read as {fmt}: {first}") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
     return Table(frame, target, str(file), file_digest(file))
 
 

@@ -25,6 +25,7 @@ class Family:
     title: Callable[[str], str]  # task -> how the verdict names the family
     steps: Callable[[Any], int]  # config -> validation reports per trial (the pruner's resource)
     label: Callable[[Any], str]  # config -> the family's part of a study name
+    encoding: Callable[[Any], str] = lambda cfg: "onehot"  # config -> the features it takes
 
 
 def settings_of(cfg: Any) -> Any:

@@ -10,13 +10,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
 
 from pipeline.metrics import Objective
-from pipeline.training.tensors import TrainingData
+
+if TYPE_CHECKING:  # a served tree model never imports torch
+    from pipeline.training.tensors import TrainingData
 
 StepCallback = Callable[[int, dict[str, float]], None]
 ESTIMATOR_FILE, ESTIMATOR_META = "estimator.skops", "estimator.json"
@@ -27,6 +29,7 @@ class EstimatorModel:
     probabilities for classification, values for regression."""
 
     kind = "estimator"
+    encoding = "onehot"
 
     def __init__(self, estimator: Any, task: str, n_classes: int, dense: bool = False):
         self.estimator, self.task, self.n_classes, self.dense = estimator, task, n_classes, dense
@@ -72,6 +75,7 @@ class TrainedEstimator:
     params_source: str = "config"
     applied_values: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    overridden: dict[str, Any] = field(default_factory=dict)  # tuned values the command line replaced
 
     def fitted(self) -> EstimatorModel:
         return self.model

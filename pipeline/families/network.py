@@ -13,7 +13,7 @@ from torch import nn
 
 from pipeline.families import Family
 from pipeline.metrics import Objective
-from pipeline.models import NetworkSpec, build_network
+from pipeline.models import NetworkSpec, build_network, encoding_of
 from pipeline.training.result import TrainedModel
 from pipeline.training.tensors import TrainingData, predict
 
@@ -28,6 +28,7 @@ class NetworkModel:
 
     def __init__(self, network: nn.Module, spec: NetworkSpec, target_scaling: tuple[float, float] | None):
         self.network, self.spec, self.target_scaling = network.cpu().eval(), spec, target_scaling
+        self.encoding = spec.encoding
 
     def predict(self, features: Any) -> tuple[np.ndarray, np.ndarray | None]:
         return predict(self.network, features, self.spec.task, self.target_scaling)
@@ -79,4 +80,5 @@ FAMILY = Family(
     title=lambda task: "the network",
     steps=lambda cfg: int(cfg.tune.epochs),
     label=lambda cfg: str(cfg.model.name),
+    encoding=lambda cfg: encoding_of(str(cfg.model.name)),
 )

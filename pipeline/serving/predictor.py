@@ -12,7 +12,7 @@ import pandas as pd
 from pipeline import persistence
 from pipeline.preprocessing import Preprocessing
 
-PREPROCESSING_FILE, MODEL_DIR = "preprocessing.joblib", "model"
+PREPROCESSING_FILE, MODEL_DIR = "preprocessing.skops", "model"
 
 
 class Predictor:
@@ -22,7 +22,7 @@ class Predictor:
 
     def predict_encoded(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions as class indices (or values) and probabilities, for metric computation."""
-        return self.model.predict(self.preprocessing.transform(frame))
+        return self.model.predict(self.preprocessing.transform(frame, encoding=self.model.encoding))
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         pred, proba = self.predict_encoded(frame)

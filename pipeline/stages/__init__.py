@@ -30,6 +30,7 @@ class Invocation:
     pool: Any = None  # tuning workers started with the command (tune.n_jobs > 1)
     store_dir: Path | None = None  # the local store's folder (None: a server, or no tracking)
     parent_run_id: str | None = None
+    explicit: frozenset[str] = frozenset()  # keys set on the command line: they beat tuned values
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class Stage:
     reusable: Callable[[Any], bool] | None = None
     notes: Callable[[Any], list[str]] | None = None  # lines for the person at the terminal
     per_family: bool = False  # one run per candidate family (its output: one per family)
+    system_metrics: bool = False  # its run samples CPU, memory and GPU (tracking.system_metrics)
     # (config, invocation, family) -> tags beyond the usual ones that a run must have to be the
     # right input for this config (the tune stage: its study)
     identity: Callable[[Any, Invocation, str | None], dict[str, str]] | None = None

@@ -128,7 +128,8 @@ def _family_row(
     name: str, model: Any, prepared: PreparedData, objective: Objective
 ) -> tuple[dict[str, Any], Predictions]:
     """A trained family on val (its score at its best epoch or step) and test."""
-    test = model.fitted().predict(prepared.features["test"])
+    fitted = model.fitted()
+    test = fitted.predict(prepared.encoded(fitted.encoding)["test"])
     row = _row(name, float(model.best_score), test, prepared, model.seconds)
     row["val_loss"] = model.history[model.best_epoch].get("val_loss") if model.history else None
     return row, test
@@ -268,6 +269,13 @@ def record(run: Any, evaluation: Evaluation, call: StageCall) -> None:
             "mlflow.note.content": comparison_markdown(evaluation),
         },
     )
+    prepared = call.upstream["prepare"]
+    test_set = (prepared.name, prepared.split_digests["test"])  # as the prepare run logged it
+    for row in evaluation.rows:
+        trained = call.upstream_runs.get(f"train.{row['model']}")
+        if trained is not None and trained.tags.get("model.id"):
+            scores = {k: v for k, v in row.items() if k.startswith("test_") and v is not None}
+            run.model_metrics(trained.tags["model.id"], scores, test_set)
     run.files(
         {
             "comparison.csv": evaluation.table().to_csv(index=False),

@@ -24,7 +24,8 @@ from pipeline.splitting import SPLITS, split_digests, split_rows
 from pipeline.stages import Stage, StageCall
 from pipeline.training.tensors import TrainingData
 
-PREPARED_FORMAT = 2  # the saved layout; part of the data digest, so a change is a cache miss
+PREPARED_FORMAT = 3  # the saved layout; part of the data digest, so a change is a cache miss
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's names
 
 
 class SplitFrames(Mapping):
@@ -67,20 +68,32 @@ class PreparedData:
     def __post_init__(self) -> None:
         self.frames = SplitFrames(self.rows, self.index)
         self.features = {s: self.preprocessing.transform(self.rows, self.index[s]) for s in SPLITS}
+        self._encoded: dict[str, dict[str, Any]] = {"onehot": self.features}
 
     @property
     def n_classes(self) -> int:
         return len(self.preprocessing.classes or [])
 
-    def training_data(self) -> TrainingData:
+    def encoded(self, encoding: str) -> dict[str, Any]:
+        """Each split's features in an encoding ("onehot", or "codes" for model=tabular),
+        computed when first asked for."""
+        if encoding not in self._encoded:
+            self._encoded[encoding] = {
+                s: self.preprocessing.transform(self.rows, self.index[s], encoding) for s in SPLITS
+            }
+        return self._encoded[encoding]
+
+    def training_data(self, encoding: str = "onehot") -> TrainingData:
+        features = self.encoded(encoding)
         return TrainingData(
-            self.features["train"],
+            features["train"],
             self.targets["train"],
-            self.features["val"],
+            features["val"],
             self.targets["val"],
             self.task,
             self.n_classes,
             self.preprocessing.image_shape,
+            self.preprocessing.layout if encoding == "codes" else None,
         )
 
     def save(self, directory: Path) -> None:
@@ -91,7 +104,7 @@ class PreparedData:
             **{f"index_{s}": self.index[s] for s in SPLITS},
             **{f"target_{s}": self.targets[s] for s in SPLITS},
         )
-        persistence.dump(self.preprocessing, directory / "preprocessing.joblib")
+        persistence.dump(self.preprocessing, directory / "preprocessing.skops")
         meta = {
             k: getattr(self, k)
             for k in ("name", "task", "target", "digest", "source_digest", "split_digests")
@@ -110,7 +123,7 @@ class PreparedData:
             rows=pd.read_parquet(directory / "rows.parquet"),
             index=index,
             targets=targets,
-            preprocessing=persistence.load(directory / "preprocessing.joblib"),
+            preprocessing=persistence.load(directory / "preprocessing.skops"),
             card=json.loads((directory / "data_card.json").read_text()),
             **meta,
         )
@@ -135,6 +148,29 @@ def data_settings(data_cfg: DataConfig, seed: int) -> dict[str, Any]:
 def prepared_digest(source_digest: str, data_cfg: DataConfig, seed: int) -> str:
     return values_digest(
         {"source": source_digest, "format": PREPARED_FORMAT, **data_settings(data_cfg, seed)}
+    )
+
+
+def fit_preprocessing(
+    train_rows: pd.DataFrame,
+    column_types: dict[str, str],
+    classes: list | None,
+    data_cfg: DataConfig,
+    table: Table,
+) -> Preprocessing:
+    """The preprocessing, fitted on the training rows only: one-hot features for most models, and
+    for a table also the codes a network that embeds its inputs takes (model=tabular)."""
+    transformer = build_preprocessor(
+        column_types, table.image_shape is not None, data_cfg.rare_level_min_count
+    )
+    transformer.fit(train_rows)
+    codes = None
+    if table.image_shape is None:
+        from pipeline.codes import CodesEncoder
+
+        codes = CodesEncoder(column_types, data_cfg.rare_level_min_count).fit(train_rows)
+    return Preprocessing(
+        transformer, column_types, classes, data_cfg.one_hot_sparse_above, table.image_shape, codes
     )
 
 
@@ -167,16 +203,8 @@ def prepare(
     classes = (
         None if task == "regression" else sorted(target.unique().tolist(), key=lambda v: (str(type(v)), v))
     )
-    transformer = build_preprocessor(
-        inspection.column_types, table.image_shape is not None, data_cfg.rare_level_min_count
-    )
-    transformer.fit(rows.iloc[index["train"]])
-    preprocessing = Preprocessing(
-        transformer,
-        inspection.column_types,
-        classes,
-        data_cfg.one_hot_sparse_above,
-        table.image_shape,
+    preprocessing = fit_preprocessing(
+        rows.iloc[index["train"]], inspection.column_types, classes, data_cfg, table
     )
     targets = {s: preprocessing.encode_target(target.iloc[index[s]]) for s in SPLITS}
     card = data_card(table, frame, inspection, {s: int(len(index[s])) for s in SPLITS})
@@ -202,11 +230,14 @@ def run(call: StageCall) -> PreparedData:
 
 
 def record(run: Any, prepared: PreparedData, call: StageCall) -> None:
-    if call.reused is None:
-        frame = prepared.frames["train"]
-        frame[prepared.target] = prepared.preprocessing.decode(prepared.targets["train"])
-        source = call.invocation.source.source if prepared.name == "table" else None
-        run.dataset(frame, source, prepared.target, prepared.name, prepared.source_digest[:32])
+    source = call.invocation.source.source if prepared.name == "table" else None
+    for split, context in SPLIT_CONTEXTS.items():
+        frame = prepared.frames[split]
+        frame[prepared.target] = prepared.preprocessing.decode(prepared.targets[split])
+        digest = prepared.split_digests[split]
+        # the parent run shows the training rows too (the runs table's Dataset column)
+        parent = call.invocation.parent_run_id if split == "train" else None
+        run.dataset(frame, source, prepared.target, prepared.name, digest, context, also_in=parent)
     card = prepared.card
     run.log(
         params={

@@ -7,6 +7,7 @@ Otherwise the new version becomes `challenger`. Every decision is written down."
 from __future__ import annotations
 
 import json
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -17,6 +18,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from pipeline.config.schema import RegistryConfig
+from pipeline.console import say
 from pipeline.errors import UpstreamMissing
 from pipeline.metrics import Objective
 from pipeline.stages import Stage, StageCall
@@ -24,6 +26,7 @@ from pipeline.stages.prepare import PreparedData
 from pipeline.tracking import registry
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+DECISION_TAG = "registry.decision"  # on every version: champion, challenger, or interrupted
 
 
 @dataclass
@@ -61,7 +64,10 @@ def model_name(cfg: DictConfig) -> str:
     never a family, since the champion may be any family."""
     if cfg.registry.model_name:
         return str(cfg.registry.model_name)
-    return Path(str(cfg.data.path)).stem if cfg.data.name == "table" else str(cfg.data.name)
+    if cfg.data.name != "table":
+        return str(cfg.data.name)
+    # a file's stem as a registry name: letters, digits, '.', '_' and '-' only
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(cfg.data.path)).stem).strip("._-") or "table"
 
 
 def score_model(model_uri: str, prepared: PreparedData, objective: Objective) -> tuple[float | None, str]:
@@ -95,17 +101,28 @@ def score_model(model_uri: str, prepared: PreparedData, objective: Objective) ->
     return objective.score(y, pred, proba), "scored"
 
 
-def _lock(cfg_store_dir: Path | None, name: str) -> Any:
+def _lock(store_dir: Path | None, name: str) -> Any:
     """A file lock serializes local registrations; a server store relies on the settle step."""
-    if cfg_store_dir is None:
+    if store_dir is None:
         return nullcontext()
-    from filelock import FileLock
+    from pipeline.tracking.store import lock
 
-    return FileLock(str(cfg_store_dir / f".registry-{name}.lock"), timeout=600)
+    return lock(store_dir, f"registry-{name}")
 
 
 def _passes_min_score(objective: Objective, score: float, min_score: float | None) -> bool:
     return min_score is None or (score >= min_score if objective.maximize else score <= min_score)
+
+
+def _rescore(
+    name: str, champion: registry.ModelVersion, prepared: PreparedData, objective: Objective
+) -> tuple[float | None, str]:
+    """The champion's score on this run's test split, in this run's objective; None (and why)
+    when it was judged on another objective or cannot score this data."""
+    judged, ours = champion.tags.get("objective"), f"{objective.metric}/{objective.direction}"
+    if judged and judged != ours:
+        return None, f"it was judged on {judged}, this run on {ours}"
+    return score_model(f"models:/{name}/{champion.version}", prepared, objective)
 
 
 def decide(
@@ -140,7 +157,7 @@ def decide(
     else:
         decision.champion_version = str(champion.version)
         decision.champion_same_data_digest = champion.tags.get("data.digest") == prepared.digest
-        score, why = score_model(f"models:/{name}/{champion.version}", prepared, objective)
+        score, why = _rescore(name, champion, prepared, objective)
         decision.champion_comparable = score is not None
         decision.champion_score = score
         if score is None:
@@ -176,13 +193,27 @@ def register(
     tags: dict[str, str],
     store_dir: Path | None,
 ) -> Decision:
-    """Create the version, decide its alias behind the gate, and settle races with others."""
+    """Create the version, decide its alias behind the gate, and settle races with others. A
+    version whose registration was interrupted is tagged so; one left by a killed process is
+    tagged by the next registration."""
     with _lock(store_dir, name):
+        for left in registry.undecided_versions(name):
+            registry.tag_version(name, left, {DECISION_TAG: "interrupted"})
+            say(
+                f"register: {name} v{left} was left without a decision by an interrupted registration; tagged {DECISION_TAG}=interrupted"
+            )
         version = registry.create_version(name, model_uri, tags)
-        decision = decide(reg, name, version, new_score, prepared, objective)
-        registry.set_alias(name, decision.alias, version)
-        if decision.alias == CHAMPION and store_dir is None:
-            decision = _settle(reg, name, decision, prepared, objective)
+        try:
+            decision = decide(reg, name, version, new_score, prepared, objective)
+            registry.set_alias(name, decision.alias, version)
+            if decision.alias == CHAMPION and store_dir is None:
+                decision = _settle(reg, name, decision, prepared, objective)
+        except BaseException:
+            registry.tag_version(name, version, {DECISION_TAG: "interrupted"})
+            raise
+        registry.tag_version(
+            name, version, {DECISION_TAG: decision.alias, "registry.reason": decision.reason}
+        )
     return decision
 
 
@@ -228,6 +259,7 @@ def run(call: StageCall) -> Decision:
         "data.digest": prepared.digest,
         "config.digest": call.invocation.config_digest,
         "train.run_id": train_run.run_id,
+        "model.sha256": train_run.tags.get("model.sha256", ""),
         "model.family": winner,
         "objective": f"{objective.metric}/{objective.direction}",
         "val_score": f"{evaluation.row(winner)[f'val_{objective.metric}']:.6g}",
@@ -245,6 +277,10 @@ def run(call: StageCall) -> Decision:
         call.invocation.store_dir,
     )
     decision.family = winner
+    from pipeline.model_card import model_card
+
+    card = model_card(prepared, evaluation, call.upstream["train"][winner], decision, call.cfg.serve.port)
+    registry.describe(decision.model_name, decision.version, card, {})
     return decision
 
 

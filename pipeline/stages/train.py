@@ -25,21 +25,33 @@ def train(
     tuned: TuneResult | None = None,
     on_epoch: EpochCallback | None = None,
     progress: bool = False,
+    explicit: frozenset[str] = frozenset(),
 ) -> Any:
     """Fit `family` on the training split, early-stopped on the validation split, with the tuned
-    values when `tuned` is given. `settings`: the sections a family reads (`settings_of(cfg)`)."""
-    values = dict(tuned.best_values) if tuned is not None else {}
-    fit = declared_family(family).fit
-    trained = fit(
-        apply_values(settings, values),
-        prepared.training_data(),
+    values when `tuned` is given, except those the command line set (`explicit` keys).
+    `settings`: the sections a family reads (`settings_of(cfg)`)."""
+    tuned_values = dict(tuned.best_values) if tuned is not None else {}
+    values = {k: v for k, v in tuned_values.items() if k not in explicit}
+    declared = declared_family(family)
+    settings = apply_values(settings, values)
+    data = prepared.training_data(declared.encoding(settings))
+    trained = declared.fit(
+        settings,
+        data,
         objective,
         on_step=on_epoch,
         progress=progress,
     )
-    trained.params_source = "tune" if tuned is not None else "config"
+    trained.params_source = "tune" if values else "config"
     trained.applied_values = values
+    trained.overridden = {
+        k: _plain(OmegaConf.select(settings, k)) for k in sorted(tuned_values) if k in explicit
+    }
     return trained
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def run(call: StageCall) -> Any:
@@ -51,6 +63,7 @@ def run(call: StageCall) -> Any:
         call.upstream.get("tune"),
         on_epoch=call.record.epochs,
         progress=call.invocation.progress,
+        explicit=call.invocation.explicit,
     )
 
 
@@ -105,4 +118,5 @@ STAGE = Stage(
     run=run,
     record=record,
     per_family=True,
+    system_metrics=True,
 )

@@ -15,19 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from pipeline.config.schema import TuneConfig
 from pipeline.console import say
 from pipeline.errors import PipelineError
+from pipeline.families import family as family_of
 from pipeline.families import settings_of
 from pipeline.metrics import Objective
 from pipeline.stages import Opening, Stage, StageCall
 from pipeline.tracking.provenance import mask
 from pipeline.tuning.liveness import RUN_ID_ATTR, reap_stale_trials
 from pipeline.tuning.objective import TrialContext, census, work
-from pipeline.tuning.space import Dimension, parse_space, values_from_params
+from pipeline.tuning.space import Dimension, values_from_params
 from pipeline.tuning.study import (
     PARENT_RUN_ATTR,
     StudySettings,
@@ -51,6 +52,8 @@ class TuneResult:
     study_name: str
     storage: str
     counts: dict[str, int] = field(default_factory=dict)
+    trials: list[dict[str, Any]] = field(default_factory=list)  # number, state, value of each
+    importances: dict[str, float] = field(default_factory=dict)  # Optuna's, by parameter
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -83,7 +86,28 @@ def summarize(study: optuna.Study, dimensions: list[Dimension], settings: StudyS
         study_name=settings.study_name,
         storage=mask(settings.storage),
         counts=dict(counts),
+        trials=[
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value if t.state == TrialState.COMPLETE else None,
+            }
+            for t in trials
+            if not t.user_attrs.get("surplus")
+        ],
+        importances=_importances(study),
     )
+
+
+def _importances(study: optuna.Study) -> dict[str, float]:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    except Exception:  # noqa: BLE001 - e.g. fewer than two finished trials, or one parameter
+        return {}
 
 
 def _progress_bar(enabled: bool, n_trials: int) -> tuple[Any, Any]:
@@ -105,6 +129,7 @@ def _progress_bar(enabled: bool, n_trials: int) -> tuple[Any, Any]:
 def tune(
     tune_cfg: TuneConfig,
     family: str,
+    dimensions: list[Dimension],
     settings_cfg: DictConfig,
     data: Any,
     objective: Objective,
@@ -115,13 +140,18 @@ def tune(
     pool: WorkerPool | None = None,
 ) -> TuneResult:
     """Run the family's study to `tune.n_trials` COMPLETE+PRUNED trials and return the best
-    point. `settings_cfg`: the settings each trial changes (pipeline.families.settings_of); with
+    point. `dimensions`: what the trials sample (the family's space less the values the command
+    line fixed); `settings_cfg`: the settings each trial changes (pipeline.families.settings_of); with
     `tune.n_jobs` > 1 the extra workers come from `pool` when it has them (already started)."""
     n_trials, n_jobs = int(tune_cfg.n_trials), int(tune_cfg.n_jobs)
     deadline = time.time() + tune_cfg.timeout if tune_cfg.timeout else None
     since = len(study.get_trials(deepcopy=False))
     reap_stale_trials(study, settings.heartbeat_seconds)
-    dimensions = parse_space(OmegaConf.to_container(tune_cfg.space[family], resolve=True))
+    if (finished := census(study, since).done) >= n_trials:
+        say(
+            f"tune {family}: study {settings.study_name!r} already has {finished} finished trials "
+            f"(tune.n_trials={n_trials}): nothing to run; ask for more with tune.n_trials={finished + n_trials}"
+        )
     ctx = TrialContext(
         family,
         settings_cfg,
@@ -152,7 +182,9 @@ def open_tune_run(call: StageCall) -> Opening:
     """Open (or join) the family's study, then the study's one tune run: trials of every
     invocation and worker nest under it."""
     prepared, family, inv = call.upstream["prepare"], call.family, call.invocation
-    study, settings = open_study(call.cfg, family, prepared.digest, inv.objective, inv.store_dir)
+    study, settings, identity = open_study(
+        call.cfg, family, prepared.digest, inv.objective, inv.store_dir, inv.explicit
+    )
     say(f"tune {family}: study {settings.study_name!r} in {mask(settings.storage)}")
     tags = {"study.name": settings.study_name, "study.storage": mask(settings.storage)}
     run_id, existing = call.recorder.claim(
@@ -168,18 +200,19 @@ def open_tune_run(call: StageCall) -> Opening:
         say(
             f"tune {family}: continuing the study's run {run_id} toward tune.n_trials={call.cfg.tune.n_trials}"
         )
-    return Opening(run_id=run_id, tags=tags, state=(study, settings, existing))
+    return Opening(run_id=run_id, tags=tags, state=(study, settings, identity, existing))
 
 
 def study_tags(cfg: DictConfig, invocation: Any, family: str | None) -> dict[str, str]:
     """A tune run is the right input when it holds this family's study (its space and objective)."""
     assert family is not None
-    settings = study_settings(cfg, family, invocation.data_digest, invocation.objective, invocation.store_dir)
+    inv = invocation
+    settings = study_settings(cfg, family, inv.data_digest, inv.objective, inv.store_dir, inv.explicit)
     return {"study.name": settings.study_name}
 
 
 def run(call: StageCall) -> TuneResult:
-    study, settings, existing = call.state
+    study, settings, identity, existing = call.state
     if existing:
         call.record.log(tags={"resumed": "true"})
     if call.record.run_id is not None:
@@ -187,8 +220,9 @@ def run(call: StageCall) -> TuneResult:
     return tune(
         call.cfg.tune,
         call.family,
+        identity.dimensions,
         settings_of(call.cfg),
-        call.upstream["prepare"].training_data(),
+        call.upstream["prepare"].training_data(family_of(call.family).encoding(call.cfg)),
         call.invocation.objective,
         study,
         settings,
@@ -199,7 +233,7 @@ def run(call: StageCall) -> TuneResult:
 
 
 def record(run: Any, result: TuneResult, call: StageCall) -> None:
-    study, _, _ = call.state
+    study, _, identity, _ = call.state
     tune_cfg, metric = call.cfg.tune, call.invocation.objective.metric
     # tags, not params: a resumed study or another worker updates them (params never change)
     run.log(
@@ -208,6 +242,7 @@ def record(run: Any, result: TuneResult, call: StageCall) -> None:
             **{f"trials.{k.lower()}": v for k, v in result.counts.items()},
         },
         tags={f"best.{k}": v for k, v in result.best_values.items()}
+        | {f"fixed.{k}": v for k, v in identity.fixed.items()}
         | {"best.trial": result.best_trial, "best.run_id": result.best_run_id or ""}
         | {
             f"tune.{key}": tune_cfg[key]
@@ -222,9 +257,8 @@ def record(run: Any, result: TuneResult, call: StageCall) -> None:
             )
         },
     )
-    files = {"trials.csv": trials_frame(study).to_csv(index=False)}
-    files.update({f"plots/{k}": v for k, v in study_figures(study).items()})
-    run.files(files)
+    run.files({"trials.csv": trials_frame(study).to_csv(index=False)})
+    run.figures(study_figures(study))
 
 
 STAGE = Stage(
@@ -235,5 +269,6 @@ STAGE = Stage(
     record=record,
     open=open_tune_run,
     per_family=True,
+    system_metrics=True,
     identity=study_tags,
 )

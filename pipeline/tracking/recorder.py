@@ -4,6 +4,8 @@ the `NullRecorder` stands in and every call does nothing, so no stage branches o
 
 from __future__ import annotations
 
+import json
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -17,9 +19,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import UpstreamMissing
-from pipeline.tracking import store
+from pipeline.tracking import integrity, store
 from pipeline.tracking.buffer import MetricBuffer
 from pipeline.tracking.provenance import mask, process_tags
+
+log = logging.getLogger(__name__)
 
 
 def log_values(
@@ -111,26 +115,51 @@ class StageRecord:
             MlflowClient().log_artifacts(self.run_id, tmp, artifact_path="plots")
 
     def save_outputs(self, output: Any) -> None:
-        """A stage output (anything with `save(dir)`) under the run's `outputs/` artifacts."""
+        """A stage output (anything with `save(dir)`) under the run's `outputs/` artifacts, sealed:
+        its manifest's digest is the run's `outputs.sha256` tag."""
         with tempfile.TemporaryDirectory() as tmp:
             output.save(Path(tmp))
+            digest = integrity.seal(Path(tmp))
             MlflowClient().log_artifacts(self.run_id, tmp, artifact_path="outputs")
+        self.log(tags={integrity.OUTPUTS_TAG: digest})
 
-    def dataset(self, frame: Any, source: str | None, target: str, name: str, digest: str) -> None:
-        """The training rows as the run's dataset input (the UI's Dataset column)."""
-        mlflow.log_input(
-            mlflow.data.from_pandas(frame, source=source, targets=target, name=name, digest=digest),
-            context="training",
-        )
+    def dataset(
+        self,
+        frame: Any,
+        source: str | None,
+        target: str,
+        name: str,
+        digest: str,
+        context: str,
+        also_in: str | None = None,
+    ) -> None:
+        """Rows of a split as a dataset input of this run (the UI's Dataset column), with its
+        context (training, validation, testing); `also_in`: another run that shows it too."""
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = mlflow.data.from_pandas(frame, source=source, targets=target, name=name, digest=digest)
+        entry = DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
+        for run_id in filter(None, (self.run_id, also_in)):
+            MlflowClient().log_inputs(run_id, datasets=[entry])
 
     def model(self, predictor: Any, input_example: Any) -> str:
-        """The deployable pyfunc in this run; returns its model URI (also tagged `model.uri`)."""
+        """The deployable pyfunc in this run; returns its model URI (also tagged `model.uri`, and
+        its logged-model id `model.id`)."""
         from pipeline.serving.packaging import log_model
 
-        uri = log_model(predictor, input_example)
-        mlflow.set_tag("model.uri", uri)
-        self.tags["model.uri"] = uri
+        uri, model_id = log_model(predictor, input_example)
+        listing, digest = integrity.model_listing(uri)
+        self.files({integrity.MODEL_MANIFEST: json.dumps(listing, indent=1, sort_keys=True)})
+        self.log(tags={"model.uri": uri, "model.id": model_id, integrity.MODEL_TAG: digest})
         return uri
+
+    def model_metrics(self, model_id: str, metrics: dict[str, float], dataset: tuple[str, str]) -> None:
+        """Metrics of a logged model on a dataset (name, digest): the Models tab shows them."""
+        now = int(time.time() * 1000)
+        name, digest = dataset
+        entries = [Metric(k, float(v), now, 0, model_id=model_id, dataset_name=name, dataset_digest=digest)
+                   for k, v in metrics.items()]  # fmt: skip
+        MlflowClient().log_batch(self.run_id, metrics=entries)
 
     @property
     def epochs(self) -> Callable[[int, dict[str, float]], None]:
@@ -163,7 +192,7 @@ class NullRecord:
     def log(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    files = figures = save_outputs = dataset = flush = log
+    files = figures = save_outputs = dataset = model_metrics = flush = log
 
     def model(self, predictor: Any, input_example: Any) -> None:
         return None
@@ -178,12 +207,20 @@ class MlflowRecorder:
 
     enabled = True
 
-    def __init__(self, uri: str | None, experiment: str, ui_url: str):
-        self.uri = store.tracking_uri(uri)
+    def __init__(self, tracking_cfg: Any):
+        self.uri = store.tracking_uri(tracking_cfg.uri)
+        store.probe(self.uri, tracking_cfg.connect_timeout)
         self.store_dir = store.local_store_dir(self.uri)
-        self.experiment_id = store.connect(self.uri, experiment)
-        ui = self.uri if self.uri.startswith(("http://", "https://")) else ui_url
-        self.link = store.runs_table_link(ui, self.experiment_id)
+        self.experiment_id = store.connect(self.uri, tracking_cfg.experiment)
+        self.system_metrics = bool(tracking_cfg.system_metrics)
+        if self.system_metrics:
+            mlflow.set_system_metrics_sampling_interval(float(tracking_cfg.system_metrics_interval))
+            mlflow.set_system_metrics_samples_before_logging(1)
+        ui_url = tracking_cfg.ui_url
+        self.server = self.uri.startswith(("http://", "https://"))
+        self.ui = mask(self.uri) if self.server else ui_url
+        self.link = store.runs_table_link(self.ui, self.experiment_id)
+        self.link_note = "" if self.server else "(make ui)"
 
     def reap_orphans(self) -> list[str]:
         return store.reap_orphaned_runs(self.experiment_id)
@@ -196,13 +233,28 @@ class MlflowRecorder:
             yield StageRecord(run.info.run_id, self.experiment_id, dict(tags))
 
     @contextmanager
-    def stage_run(self, name: str, tags: dict[str, str], run_id: str | None = None) -> Iterator[StageRecord]:
-        with store.run_scope(name, self.experiment_id, tags, nested=True, run_id=run_id) as run:
+    def stage_run(
+        self, name: str, tags: dict[str, str], run_id: str | None = None, system_metrics: bool = False
+    ) -> Iterator[StageRecord]:
+        watch = system_metrics and self.system_metrics
+        with store.run_scope(
+            name, self.experiment_id, tags, nested=True, run_id=run_id, system_metrics=watch
+        ) as run:
             record = StageRecord(run.info.run_id, self.experiment_id, dict(tags))
+            # who runs it now (a continued tune run too): reaped KILLED if this process dies
+            record.log(tags=process_tags())
             try:
                 yield record
             finally:
                 record.flush()
+                if self.server:  # the line MLflow would print, for the log file only
+                    log.info(
+                        "View run %s at: %s/#/experiments/%s/runs/%s",
+                        name,
+                        self.ui,
+                        self.experiment_id,
+                        record.run_id,
+                    )
 
     def find(
         self,
@@ -226,11 +278,15 @@ class MlflowRecorder:
         return _found(MlflowClient().get_run(run_id))
 
     def load(self, found: FoundRun, kind: type) -> Any:
-        """The stage output saved in a run's `outputs/`, loaded with `kind.load(dir)`."""
+        """The stage output saved in a run's `outputs/`, checked against its recorded digest, then
+        loaded with `kind.load(dir)`."""
+        source = found if found.outputs_run == found.run_id else self.get(found.outputs_run)
         with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(
                 run_id=found.outputs_run, artifact_path="outputs", dst_path=tmp
             )
+            what = f"the outputs of run {found.outputs_run} ({source.name})"
+            integrity.check_sealed(Path(local), source.tags.get(integrity.OUTPUTS_TAG), what)
             return kind.load(Path(local))
 
     def claim(
@@ -273,6 +329,7 @@ class NullRecorder:
     experiment_id = None
     store_dir = None
     link = None
+    link_note = ""
 
     def reap_orphans(self) -> list[str]:
         return []
@@ -282,7 +339,9 @@ class NullRecorder:
         yield NullRecord()
 
     @contextmanager
-    def stage_run(self, name: str, tags: dict[str, str], run_id: str | None = None) -> Iterator[NullRecord]:
+    def stage_run(
+        self, name: str, tags: dict[str, str], run_id: str | None = None, system_metrics: bool = False
+    ) -> Iterator[NullRecord]:
         yield NullRecord()
 
     def find(self, *args: Any, **kwargs: Any) -> None:
@@ -298,4 +357,4 @@ Recorder = MlflowRecorder | NullRecorder
 def recorder_for(tracking_cfg: Any) -> Recorder:
     if not tracking_cfg.enabled:
         return NullRecorder()
-    return MlflowRecorder(tracking_cfg.uri, tracking_cfg.experiment, tracking_cfg.ui_url)
+    return MlflowRecorder(tracking_cfg)

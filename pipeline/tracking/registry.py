@@ -46,4 +46,65 @@ def set_alias(name: str, alias: str, version: str) -> None:
 
 
 def load_model(model_uri: str) -> Any:
-    return mlflow.pyfunc.load_model(model_uri)
+    """A registered (or logged) model of this pipeline, checked against the digest recorded when
+    it was logged before any of its code runs: loading a pyfunc imports its bundled code/."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.tracking import integrity
+
+    run_id, expected = _record_of(model_uri)
+    into = Path(tempfile.mkdtemp(prefix="model-"))
+    atexit.register(shutil.rmtree, into, ignore_errors=True)  # the loaded model imports from it
+    local = integrity.checked_model(model_uri, run_id, expected, into)
+    return mlflow.pyfunc.load_model(str(local))
+
+
+def _record_of(model_uri: str) -> tuple[str | None, str | None]:
+    """(train run, model digest) for `models:/name@alias`, `models:/name/version` or a logged
+    model `models:/m-...`."""
+    from pipeline.tracking.integrity import MODEL_TAG, version_record
+
+    path = model_uri.removeprefix("models:/")
+    client = MlflowClient()
+    if "@" in path:
+        name, alias = path.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+        return version_record(name, str(version))
+    if "/" in path:
+        name, version = path.split("/", 1)
+        return version_record(name, version)
+    if model_uri.startswith("models:/"):
+        run_id = mlflow.get_logged_model(path).source_run_id
+        return run_id, client.get_run(run_id).data.tags.get(MODEL_TAG) if run_id else None
+    return None, None
+
+
+def describe(name: str, version: str, description: str, tags: dict[str, str]) -> None:
+    """The version's model card (its description, markdown in the registry UI) and tags to filter on."""
+    client = MlflowClient()
+    client.update_model_version(name, version, description=description)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def undecided_versions(name: str, decision_tag: str = "registry.decision") -> list[str]:
+    """Versions with no alias and no recorded decision: their registration was cut short (those
+    registered before decisions were recorded carry no digest tag and are left alone)."""
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    except mlflow.exceptions.MlflowException:
+        return []
+    return [
+        str(v.version)
+        for v in versions
+        if not v.aliases and decision_tag not in (v.tags or {}) and "model.sha256" in (v.tags or {})
+    ]

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.entities import Run
@@ -35,6 +36,49 @@ def local_store_dir(uri: str) -> Path | None:
     return None
 
 
+def probe(uri: str, timeout: float | None) -> None:
+    """Reach the store within `timeout` seconds before any work, or stop with one line: a
+    server's requests and a database's connections otherwise wait minutes before failing.
+    Later requests keep MLflow's own patience (a model upload may rightly take long)."""
+    if timeout is None or uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        return
+    try:
+        if uri.startswith(("http://", "https://")):
+            _probe_http(uri, timeout)
+        else:
+            _probe_database(uri, timeout)
+    except PipelineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - refused, timed out, unknown host, bad credentials
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(
+            f"cannot reach the MLflow store at {mask(uri)} within {timeout:g}s ({mask(reason)[:200]}); "
+            "start it (make server) or check tracking.uri (tracking.connect_timeout sets the patience)"
+        ) from None
+
+
+def _probe_http(uri: str, timeout: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (401 without credentials, 404 behind a proxy): it is reachable
+
+
+def _probe_database(uri: str, timeout: float) -> None:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": max(1, int(timeout))})
+    try:
+        with engine.connect():
+            return
+    finally:
+        engine.dispose()
+
+
 def connect(uri: str | None, experiment: str) -> str:
     """Point MLflow at the store, create it and the experiment if needed; returns the experiment id.
 
@@ -43,8 +87,25 @@ def connect(uri: str | None, experiment: str) -> str:
     resolved = tracking_uri(uri)
     mlflow.set_tracking_uri(resolved)
     store_dir = local_store_dir(resolved)
-    if store_dir is not None:
-        store_dir.mkdir(parents=True, exist_ok=True)
+    if store_dir is None:
+        return _experiment(resolved, experiment, None)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    # processes that start together on a new SQLite store would race through MLflow's schema
+    # migration ("duplicate column name"): the first creates it while the others wait
+    with lock(store_dir, "store"):
+        return _experiment(resolved, experiment, store_dir)
+
+
+def lock(store_dir: Path, name: str, timeout: float = 600) -> Any:
+    """A file lock in the store's `locks/` folder (ignored by git, removed by make clean-store)."""
+    from filelock import FileLock
+
+    folder = store_dir / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / f"{name}.lock"), timeout=timeout)
+
+
+def _experiment(resolved: str, experiment: str, store_dir: Path | None) -> str:
     client = MlflowClient()
     try:
         found = client.get_experiment_by_name(experiment)
@@ -83,6 +144,7 @@ def run_scope(
     tags: dict[str, str] | None = None,
     nested: bool = False,
     run_id: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[Run]:
     """An MLflow run that ends FINISHED, FAILED (an error) or KILLED (Ctrl-C, SIGTERM)."""
     active = mlflow.start_run(
@@ -91,20 +153,34 @@ def run_scope(
         run_name=None if run_id else name,
         nested=nested,
         tags=tags,
+        log_system_metrics=system_metrics,
     )
     try:
         yield active
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        _end(active.info.run_id, "KILLED")
         raise
     except BaseException as exc:
-        try:
-            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
-        finally:
-            mlflow.end_run("FAILED")
+        _end(active.info.run_id, "FAILED", f"{type(exc).__name__}: {mask(str(exc))}"[:5000])
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+def _end(run_id: str, status: str, error: str | None = None) -> None:
+    """End a run after a failure, as far as the store can still be written (a full disk may not
+    let it); the failure itself is what the person needs to see."""
+    try:
+        if error:
+            mlflow.set_tag("error", error)
+        mlflow.end_run(status)
+    except Exception as exc:  # noqa: BLE001 - the original error is raised after this
+        log.warning("could not end run %s %s: %s", run_id, status, exc)
+        while mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
+            try:
+                mlflow.end_run(status)
+            except Exception:  # noqa: BLE001
+                break
 
 
 def reap_orphaned_runs(experiment_id: str) -> list[str]:

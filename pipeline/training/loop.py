@@ -65,7 +65,9 @@ def start(
 ) -> TrainingState:
     seed_everything(seed)
     device = select_device(train_cfg.device)
-    spec = network_spec(model_cfg, data.task, int(data.x_train.shape[1]), data.n_classes, data.image_shape)
+    spec = network_spec(
+        model_cfg, data.task, int(data.x_train.shape[1]), data.n_classes, data.image_shape, data.layout
+    )
     network = build_network(spec).to(device)
     y_train, y_val, target_scaling = target_tensors(data, device)
     optimizer = OPTIMIZERS[train_cfg.optimizer](network.parameters(), train_cfg)

@@ -30,6 +30,7 @@ class TrainedModel:
     params_source: str = "config"  # "tune" or "config"
     applied_values: dict[str, Any] = field(default_factory=dict)  # tuned values, by config path
     family: str = "network"
+    overridden: dict[str, Any] = field(default_factory=dict)  # tuned values the command line replaced
 
     def fitted(self) -> Any:
         """The network as a model that predicts from prepared features."""
@@ -56,6 +57,7 @@ class TrainedModel:
             "params_source": self.params_source,
             "applied_values": self.applied_values,
             "family": self.family,
+            "overridden": self.overridden,
             "seconds": self.seconds,
             "device": self.device,
             "threads": self.threads,

@@ -57,7 +57,22 @@ def warm_up() -> None:
 
 def make_loss(task: str, train_cfg: Any, y_train: np.ndarray, n_classes: int, device: torch.device) -> Loss:
     """The loss of the task: the configured regression loss, BCE on one logit, or cross-entropy;
-    classes weighted by inverse frequency with `train.class_weights`."""
+    classes weighted by inverse frequency with `train.class_weights`. An ensemble's members each
+    get the loss on the same targets, averaged."""
+    return each_member(_task_loss(task, train_cfg, y_train, n_classes, device))
+
+
+def each_member(loss: Loss) -> Loss:
+    def members_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if out.dim() == 3:  # (batch, members, outputs)
+            batch, members = out.shape[:2]
+            return loss(out.reshape(batch * members, -1), y.repeat_interleave(members))
+        return loss(out, y)
+
+    return members_loss
+
+
+def _task_loss(task: str, train_cfg: Any, y_train: np.ndarray, n_classes: int, device: torch.device) -> Loss:
     if task == "regression":
         return REGRESSION_LOSSES[train_cfg.loss]
     counts = np.bincount(y_train.astype(int), minlength=n_classes).astype(np.float64)

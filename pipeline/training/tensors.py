@@ -24,6 +24,7 @@ class TrainingData:
     task: str
     n_classes: int
     image_shape: tuple[int, ...] | None = None
+    layout: tuple[int, list[int]] | None = None  # coded features: (numbers, category cardinalities)
 
 
 def to_tensor(x: Any, device: torch.device) -> torch.Tensor:
@@ -55,16 +56,22 @@ def target_tensors(
 def outputs_to_predictions(
     outputs: torch.Tensor, task: str, target_scaling: tuple[float, float] | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Network outputs to (predictions, class probabilities); regression back in target units."""
+    """Network outputs to (predictions, class probabilities); regression back in target units.
+    An ensemble's outputs (batch, members, outputs) are averaged: its members' values, or their
+    probabilities."""
     outputs = outputs.float()
+    members = outputs.dim() == 3
     if task == "regression":
         mean, std = target_scaling or (0.0, 1.0)
-        return outputs.squeeze(1).cpu().numpy() * std + mean, None
+        values = outputs.mean(1) if members else outputs
+        return values.squeeze(1).cpu().numpy() * std + mean, None
     if task == "binary":
-        p1 = torch.sigmoid(outputs.squeeze(1))
+        p1 = torch.sigmoid(outputs.squeeze(-1))
+        p1 = p1.mean(1) if members else p1
         proba = torch.stack([1 - p1, p1], dim=1)
     else:
-        proba = torch.softmax(outputs, dim=1)
+        proba = torch.softmax(outputs, dim=-1)
+        proba = proba.mean(1) if members else proba
     proba_np = proba.cpu().numpy().astype(np.float64)
     return proba_np.argmax(axis=1), proba_np
 

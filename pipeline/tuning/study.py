@@ -61,7 +61,7 @@ def make_storage(location: str, heartbeat_seconds: int) -> optuna.storages.BaseS
             location,
             heartbeat_interval=heartbeat_seconds,
             grace_period=heartbeat_seconds * 3,
-            failed_trial_callback=retry_stale_trial,
+            heartbeat_stale_trial_callback=retry_stale_trial,
         )
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
@@ -74,30 +74,50 @@ def default_study_name(experiment: str, data_name: str, data_digest: str, label:
     return f"{experiment}-{data_name}-{data_digest[:8]}-{label}-{digest}"
 
 
-def search_digest(dimensions: list[Dimension], objective: Objective) -> str:
-    """What identifies a search: its dimensions and the objective (metric and direction)."""
-    entries: list[dict[str, Any]] = [d.__dict__ for d in dimensions]
-    # the objective is hashed in the same form as a dimension, so that studies created before
-    # keep their names
-    entries.append({**Dimension("", "").__dict__, "path": objective.metric, "type": objective.direction})
-    text = json.dumps(entries, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+@dataclass(frozen=True)
+class SearchIdentity:
+    """What makes a study the same search: the dimensions it samples, the values the command line
+    fixed instead (they leave the space), and the objective."""
+
+    dimensions: list[Dimension]
+    fixed: dict[str, Any]
+    objective: str  # metric/direction
+
+    @property
+    def digest(self) -> str:
+        described = {
+            "space": [d.__dict__ for d in self.dimensions],
+            "fixed": self.fixed,
+            "objective": self.objective,
+        }
+        return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def study_identity(cfg: DictConfig, family: str, objective: Objective) -> tuple[list[Dimension], str]:
-    """The family's search space, and the digest that names its study with the objective."""
+def study_identity(
+    cfg: DictConfig, family: str, objective: Objective, explicit: frozenset[str] = frozenset()
+) -> SearchIdentity:
+    """The family's search: its space less the dimensions the command line fixed."""
     space = OmegaConf.to_container(cfg.tune.space[family], resolve=True)
     dimensions = parse_space(space, cfg, f"tune.space.{family}")  # type: ignore[arg-type]
-    return dimensions, search_digest(dimensions, objective)
+    fixed = {d.path: OmegaConf.select(cfg, d.path) for d in dimensions if d.path in explicit}
+    fixed = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in fixed.items()}
+    return SearchIdentity(
+        [d for d in dimensions if d.path not in fixed], fixed, f"{objective.metric}/{objective.direction}"
+    )
 
 
 def study_settings(
-    cfg: DictConfig, family: str, data_digest: str, objective: Objective, store_dir: Path | None
+    cfg: DictConfig,
+    family: str,
+    data_digest: str,
+    objective: Objective,
+    store_dir: Path | None,
+    explicit: frozenset[str] = frozenset(),
 ) -> StudySettings:
     from pipeline.families import family as declared
 
     tune, kind = cfg.tune, declared(family)
-    _, digest = study_identity(cfg, family, objective)
+    digest = study_identity(cfg, family, objective, explicit).digest
     label = kind.label(cfg)
     return StudySettings(
         study_name=_named(tune.study_name, family, cfg.candidates)
@@ -128,23 +148,41 @@ def open_study(
     data_digest: str,
     objective: Objective,
     store_dir: Path | None,
-    worker: int = 0,
-) -> tuple[optuna.Study, StudySettings]:
-    """Create or load the family's study; refuse one whose search space or objective changed."""
-    _, digest = study_identity(cfg, family, objective)
-    settings = study_settings(cfg, family, data_digest, objective, store_dir)
-    study = load_study(settings, worker)
+    explicit: frozenset[str] = frozenset(),
+) -> tuple[optuna.Study, StudySettings, SearchIdentity]:
+    """Create or join the family's study; refuse one whose space, fixed values or objective differ."""
+    identity = study_identity(cfg, family, objective, explicit)
+    settings = study_settings(cfg, family, data_digest, objective, store_dir, explicit)
+    study = load_study(settings)
     recorded = study.user_attrs.get("search_digest")
     if recorded is None:
-        study.set_user_attr("search_digest", digest)
-        study.set_user_attr("objective", f"{objective.metric}/{objective.direction}")
-    elif recorded != digest:
+        study.set_user_attr("search_digest", identity.digest)
+        study.set_user_attr("objective", identity.objective)
+        study.set_user_attr("fixed", identity.fixed)
+    elif recorded != identity.digest:
+        fixed = study.user_attrs.get("fixed")
+        if fixed is not None and fixed != identity.fixed:
+            raise ConfigError(
+                f"study {settings.study_name!r} fixes {_fixed_text(fixed)} and this run fixes "
+                f"{_fixed_text(identity.fixed)}; use the same values, or a new tune.study_name"
+            )
         raise ConfigError(
             f"study {settings.study_name!r} was created with another search space or objective "
             f"({study.user_attrs.get('objective')}); choose a new tune.study_name to start a "
             "new study"
         )
-    return study, settings
+    return study, settings, identity
+
+
+def _fixed_text(fixed: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(fixed.items())) or "nothing"
+
+
+def sampler_seed(seed: int, worker: int, trials_so_far: int) -> int:
+    """The sampler's seed for a worker joining a study that holds `trials_so_far` trials: the same
+    seed and study state give the same points, and a resumed or joined study draws new ones
+    (a sampler seeded alike on every resume would repeat its first points)."""
+    return (seed * 1_000_003 + worker * 7_919 + trials_so_far) % 2**31
 
 
 def load_study(settings: StudySettings, worker: int = 0) -> optuna.Study:
@@ -157,14 +195,16 @@ def load_study(settings: StudySettings, worker: int = 0) -> optuna.Study:
         settings.pruner_reduction_factor,
     )
     try:
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=settings.study_name,
             storage=make_storage(settings.storage, settings.heartbeat_seconds),
             direction=settings.direction,
-            sampler=SAMPLERS[settings.sampler](settings.seed + worker),
             pruner=pruner,
             load_if_exists=True,
         )
+        trials_so_far = len(study.get_trials(deepcopy=False))
+        study.sampler = SAMPLERS[settings.sampler](sampler_seed(settings.seed, worker, trials_so_far))
+        return study
     except ValueError as exc:
         if "direction" in str(exc).lower():
             raise ConfigError(
@@ -183,22 +223,31 @@ def trials_frame(study: optuna.Study) -> Any:
     return study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
 
 
-def study_figures(study: optuna.Study) -> dict[str, str]:
-    """Optuna's plots as standalone HTML pages, which the MLflow UI shows in its artifact view."""
+def study_figures(study: optuna.Study) -> dict[str, Any]:
+    """Optuna's plots as matplotlib figures (PNG artifacts render offline in the MLflow UI, where
+    plotly's HTML pages would load plotly from its CDN)."""
     import logging
+    import warnings
 
-    from optuna import visualization as vis
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as vis
 
     plots = {
-        "optimization_history.html": vis.plot_optimization_history,
-        "param_importances.html": vis.plot_param_importances,
-        "parallel_coordinate.html": vis.plot_parallel_coordinate,
-        "intermediate_values.html": vis.plot_intermediate_values,
+        "optimization_history.png": vis.plot_optimization_history,
+        "param_importances.png": vis.plot_param_importances,
+        "parallel_coordinate.png": vis.plot_parallel_coordinate,
+        "intermediate_values.png": vis.plot_intermediate_values,
     }
-    pages = {}
+    figures = {}
     for name, plot in plots.items():
         try:
-            pages[name] = plot(study).to_html(include_plotlyjs="cdn", full_html=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the matplotlib backend is marked experimental
+                axes = plot(study)
+            first = axes.flat[0] if hasattr(axes, "flat") else axes
+            figures[name] = first.figure
         except Exception as exc:  # noqa: BLE001 - e.g. importances need two finished trials
             logging.getLogger(__name__).info("skipped %s: %s", name, exc)
-    return pages
+    return figures

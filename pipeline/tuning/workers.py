@@ -8,6 +8,9 @@ import copy
 import logging
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,19 +35,56 @@ class WorkerJob:
     deadline: float | None
 
 
+def follow_parent(parent: int) -> None:
+    """End this worker when the pipeline's process is gone: Linux's parent-death signal (it fires
+    when the parent *thread* that spawned us exits), and a check of the parent pid every second
+    for the rest. SIGTERM ends the running trial like Ctrl-C: FAIL in Optuna, KILLED in MLflow."""
+    import ctypes
+
+    from pipeline.errors import Terminated
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the pid check below still ends us
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run_job(job: WorkerJob) -> None:
     """Entry point of a spawned worker."""
+    import optuna
     import torch
 
     torch.set_num_threads(job.threads)
     logging.basicConfig(level=logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "Using an existing study" lines
     if job.ctx.trial_runs is not None:
         job.ctx.trial_runs.connect()
     job.ctx.cfg.train.threads = job.threads  # this worker's fair share, whatever was configured
     work(load_study(job.settings, job.worker), job.ctx, job.n_trials, job.deadline)
 
 
-def _wait_for_job(jobs: Any) -> None:
+def _run_spawned(job: WorkerJob, parent: int) -> None:
+    follow_parent(parent)
+    try:
+        run_job(job)
+    except KeyboardInterrupt:
+        sys.exit(143)
+
+
+def _wait_for_job(jobs: Any, parent: int) -> None:
     """Entry point of a pooled worker: pay the one-off costs of a first trial (imports, torch's
     first optimizer and backward pass), then wait for a job (or None: the pipeline ended before
     tuning). All of it happens while the pipeline reads and prepares the data."""
@@ -52,10 +92,14 @@ def _wait_for_job(jobs: Any) -> None:
 
     from pipeline.training.setup import warm_up
 
+    follow_parent(parent)
     warm_up()
-    job = jobs.get()
-    if job is not None:
-        run_job(job)
+    try:
+        job = jobs.get()
+        if job is not None:
+            run_job(job)
+    except KeyboardInterrupt:
+        sys.exit(143)  # SIGTERM: the trial was ended on the way out
 
 
 class WorkerPool:
@@ -71,7 +115,9 @@ class WorkerPool:
         for jobs in self._jobs:
             jobs.cancel_join_thread()  # exiting never waits on a worker that is gone
         self.processes = [
-            context.Process(target=_wait_for_job, args=(jobs,), daemon=True, name=f"tune-worker-{i + 1}")
+            context.Process(
+                target=_wait_for_job, args=(jobs, os.getpid()), daemon=True, name=f"tune-worker-{i + 1}"
+            )
             for i, jobs in enumerate(self._jobs)
         ]
         for process in self.processes:
@@ -109,7 +155,7 @@ def _spawn(jobs: list[WorkerJob], pool: WorkerPool | None) -> list[Any]:
     if pool is not None and len(pool) >= len(jobs):
         return pool.give(jobs)
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=run_job, args=(job,), daemon=True) for job in jobs]
+    processes = [context.Process(target=_run_spawned, args=(job, os.getpid()), daemon=True) for job in jobs]
     for process in processes:
         process.start()
     return processes
@@ -143,8 +189,11 @@ def run_workers(
                 return
             time.sleep(0.5)
     except KeyboardInterrupt:
+        # SIGTERM the workers, and give them time to end their trials (FAIL, runs KILLED)
         for process in workers:
             process.terminate()
+        for process in workers:
+            process.join(timeout=30)
         raise
     for process in workers:
         process.join()
