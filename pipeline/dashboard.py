@@ -18,12 +18,14 @@ from pipeline.ports import check_free
 
 def study_storage(overrides: list[str], given: str | None = None) -> str:
     from pipeline.config.overrides import compose_checked
+    from pipeline.tracking.provenance import apply_credentials
     from pipeline.tracking.store import local_store_dir, tracking_uri
     from pipeline.tuning.study import storage_location
 
     if given:
         return given
     cfg = compose_checked(overrides)
+    apply_credentials(cfg.tracking.credentials)
     location = storage_location(cfg.tune, local_store_dir(tracking_uri(cfg.tracking.uri)))
     if "://" not in location and not Path(location).is_file():
         raise PipelineError(f"no study storage yet at {location}: run make pipeline or make sweep first")

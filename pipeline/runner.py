@@ -16,7 +16,7 @@ from pipeline.lineage import identity, resolve, run_key
 from pipeline.metrics import Objective, resolve_objective
 from pipeline.parent_run import config_digest, parent_tags, record_invocation, record_outcome
 from pipeline.stages import ORDER, Invocation, Opening, Stage, StageCall, UpstreamRun, stage
-from pipeline.tracking.provenance import git_state
+from pipeline.tracking.provenance import apply_credentials, git_state
 from pipeline.tracking.recorder import FoundRun, Recorder, recorder_for
 
 
@@ -65,6 +65,7 @@ def _run(
     from pipeline.data.inspection import inspect
     from pipeline.stages.prepare import prepared_digest, read_source
 
+    apply_credentials(cfg.tracking.credentials)
     source = read_source(cfg.data)
     inspected = inspect(source, cfg.data)  # the task decides the objective before any stage
     objective = resolve_objective(cfg.objective.metric, cfg.objective.direction, inspected[1].task)

@@ -1,14 +1,20 @@
-"""Beyond one machine: a real PostgreSQL cluster and a real `mlflow server` on free loopback
-ports, several worker processes on one study, a worker killed with SIGKILL mid-trial, and
-credentials that never reach the store or the terminal."""
+"""Beyond one machine: a real PostgreSQL cluster and a real `mlflow server` (both asking for
+passwords) on free loopback ports, several worker processes on one study, a worker killed with
+SIGKILL mid-trial, what an unauthenticated client gets, and passwords that never reach the store,
+the files or the terminal."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -42,12 +48,25 @@ def infra(tmp_path_factory):
             cluster.database_url("pipeline"),
             str(tmp_path_factory.mktemp("server") / "artifacts"),
             free_port(),
+            passfile=cluster.passfile,
         ).start()
         yield cluster, server
     finally:
         if server is not None:
             server.stop()
         cluster.stop()
+
+
+def _env(cluster, server, **extra: str) -> dict[str, str]:
+    """A client's environment: the credentials from make server's files, never on a command line."""
+    return {**os.environ, **server.client_env, **cluster.client_env, **extra}
+
+
+@pytest.fixture(autouse=True)
+def _authenticated(infra, monkeypatch):
+    cluster, server = infra
+    for key, value in {**server.client_env, **cluster.client_env}.items():
+        monkeypatch.setenv(key, value)
 
 
 def _pipeline(*overrides: str, tmp: Path) -> list[str]:
@@ -75,6 +94,7 @@ def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        env=_env(cluster, server),
     )
     assert prepared.returncode == 0, prepared.stderr
 
@@ -96,6 +116,7 @@ def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=_env(cluster, server),
         )
         for i in range(3)
     ]
@@ -154,37 +175,135 @@ def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
     assert not client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
 
 
-def test_credentials_are_masked_everywhere(infra, tmp_path):
-    cluster, server = infra
-    secret = "s3cr3t-pw"
-    storage = cluster.database_url("optuna").replace("postgres@", f"postgres:{secret}@")
-    env = {**os.environ, "OPTUNA_STORAGE": storage}
-    done = subprocess.run(
-        _pipeline(
-            f"tracking.uri={server.url}",
-            "tracking.experiment=masking",
-            "tune.n_trials=2",
-            "tune.epochs=2",
-            "train.epochs=2",
-            f"tune.storage={storage}",
-            tmp=tmp_path / "out",
-        ),
-        cwd=ROOT,
+def _request(url: str, body: bytes, auth: tuple[str, str] | None) -> int:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_only_the_owner_gets_into_the_tracking_server(infra):
+    _, server = infra
+    create = f"{server.url}/api/2.0/mlflow/experiments/create"
+    body = json.dumps({"name": "intruder"}).encode()
+    assert _request(create, body, None) == 401
+    assert _request(create, body, ("nobody", "guess")) == 401
+    artifact = f"{server.url}/api/2.0/mlflow-artifacts/artifacts/intruder/x.txt"
+    upload = urllib.request.Request(artifact, data=b"x", method="PUT")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(upload, timeout=30)
+    assert refused.value.code == 401
+    assert _request(create, body, (server.username, server.password)) == 200
+
+
+@pytest.mark.parametrize("where", ["tcp", "socket"])
+def test_postgres_asks_everyone_for_the_password(infra, where):
+    cluster, _ = infra
+    host = "127.0.0.1" if where == "tcp" else cluster.directory
+    psql = [
+        shutil.which("psql") or "psql",
+        "-h",
+        host,
+        "-p",
+        str(cluster.port),
+        "-U",
+        cluster.user,
+        "-w",
+        "-d",
+        "optuna",
+    ]
+    anonymous = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    refused = subprocess.run(
+        [*psql, "-c", "select 1"], capture_output=True, text=True, env=anonymous, timeout=60
+    )
+    assert refused.returncode != 0
+    assert "password" in refused.stderr.lower()
+    allowed = subprocess.run(
+        [*psql, "-tAc", "select 1"],
         capture_output=True,
         text=True,
-        timeout=400,
-        env=env,
+        env={**anonymous, **cluster.client_env},
+        timeout=60,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert secret not in done.stdout + done.stderr
-    mlflow.set_tracking_uri(server.url)
-    client = MlflowClient()
-    experiment_id = client.get_experiment_by_name("masking").experiment_id
-    for run in client.search_runs([experiment_id]):
-        values = [*run.data.params.values(), *run.data.tags.values()]
-        assert not any(secret in v for v in values), run.info.run_name
-        if run.data.tags.get("stage") == "pipeline":
-            config = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
-            assert secret not in config and "postgres:***@" in config
-    log_file = tmp_path / "out" / "pipeline.log"
-    assert secret not in log_file.read_text()
+    assert allowed.returncode == 0 and allowed.stdout.strip() == "1", allowed.stderr
+
+
+def _everything_written(*folders: Path) -> str:
+    texts = []
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                texts.append(path.read_bytes().decode("latin-1"))
+    return "\n".join(texts)
+
+
+def test_passwords_never_appear_in_what_is_written_or_printed(infra, tmp_path):
+    """The passwords through every supported way (MLflow's environment variables, OPTUNA_STORAGE
+    with a password, a credentials file), for a run that succeeds, for unreachable hosts and for
+    a wrong password: not in any output, log, the store's tables or the artifacts."""
+    cluster, server = infra
+    db_password = Path(cluster.passfile).read_text().strip().rsplit(":", 1)[1]  # as a user would put it in a URL
+    storage = cluster.database_url("optuna").replace(f"{cluster.user}@", f"{cluster.user}:{db_password}@")
+    closed = free_port()
+    overrides = ["tracking.experiment=masking", "tune.n_trials=2", "tune.epochs=2", "train.epochs=2"]
+    cases = {
+        "success": ([f"tracking.uri={server.url}", *overrides], {"OPTUNA_STORAGE": storage}, 0),
+        "credentials file": (
+            [
+                f"tracking.uri={server.url}",
+                f"tracking.credentials={tmp_path / 'credentials.env'}",
+                *overrides,
+            ],
+            {"MLFLOW_TRACKING_PASSWORD": "", "OPTUNA_STORAGE": storage},
+            0,
+        ),
+        "tracking server unreachable": (
+            ["tracking.connect_timeout=3", *overrides],
+            {"MLFLOW_TRACKING_URI": f"http://admin:{server.password}@127.0.0.1:{closed}"},
+            2,
+        ),
+        "study storage unreachable": (
+            [f"tracking.uri={server.url}", "tracking.connect_timeout=3", *overrides],
+            {"OPTUNA_STORAGE": storage.replace(str(cluster.port), str(closed))},
+            2,
+        ),
+        "wrong tracking password": (
+            [f"tracking.uri={server.url}", *overrides],
+            {"MLFLOW_TRACKING_PASSWORD": "wrong-" + server.password},
+            2,
+        ),
+    }
+    (tmp_path / "credentials.env").write_text(f"MLFLOW_TRACKING_PASSWORD={server.password}\n")
+    printed = []
+    for name, (args, extra, code) in cases.items():
+        env = _env(cluster, server, **extra)
+        if not env.get("MLFLOW_TRACKING_PASSWORD"):
+            env.pop("MLFLOW_TRACKING_PASSWORD")
+        done = subprocess.run(
+            _pipeline(*args, tmp=tmp_path / "outputs" / name.replace(" ", "-")),
+            cwd=ROOT, capture_output=True, text=True, timeout=400, env=env,
+        )  # fmt: skip
+        assert done.returncode == code, (name, done.stderr[-2000:])
+        if code:
+            errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1, (name, done.stderr[-2000:])
+        printed.append(done.stdout + done.stderr)
+    dump = subprocess.run(
+        [shutil.which("pg_dump") or "/usr/lib/postgresql/15/bin/pg_dump", "-h", "127.0.0.1", "-p", str(cluster.port),
+         "-U", cluster.user, "-w", "pipeline"],
+        capture_output=True, text=True, env={**os.environ, **cluster.client_env}, timeout=120,
+    )  # fmt: skip
+    assert dump.returncode == 0, dump.stderr
+    written = (
+        _everything_written(tmp_path / "outputs", Path(server.artifacts)) + dump.stdout + "\n".join(printed)
+    )
+    assert "masking" in dump.stdout  # the runs did reach the store
+    for secret in (db_password, server.password):
+        assert secret not in written

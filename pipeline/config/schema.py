@@ -159,6 +159,9 @@ class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here
     experiment: str = "pipeline"
     ui_url: str = "http://127.0.0.1:5000"
+    credentials: str | None = (
+        None  # an env file (KEY=value lines, mode 0600) of passwords, e.g. make server's
+    )
     system_metrics: bool = True  # CPU, memory (and GPU) on train and tune runs
     system_metrics_interval: float = 0.5  # seconds; a run shorter than this logs no sample
     connect_timeout: float | None = (

@@ -54,9 +54,10 @@ def resolve_target(cfg: DictConfig, model_uri: str | None = None) -> Target:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking.provenance import mask
+    from pipeline.tracking.provenance import apply_credentials, mask
     from pipeline.tracking.store import local_store_dir, tracking_uri
 
+    apply_credentials(cfg.tracking.credentials)
     uri = model_uri or default_model_uri(cfg)
     store = tracking_uri(cfg.tracking.uri)
     mlflow.set_tracking_uri(store)

@@ -72,3 +72,22 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def apply_credentials(path: str | None) -> None:
+    """Read an env file of credentials (KEY=value lines, like make server's) into this process's
+    environment, where MLflow and libpq look for them; what the environment already sets wins.
+    Nothing of it is ever printed or logged."""
+    if not path:
+        return
+    from pipeline.errors import ConfigError
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(
+            f"tracking.credentials={path!r} is not a file; start the server (make server) or fix the path"
+        )
+    for line in file.read_text().splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            os.environ.setdefault(key, value)
