@@ -45,7 +45,7 @@ TABLES = [
     Table("ISLR", "OJ", "Purchase", "classification"),
     Table("ISLR", "Caravan", "Purchase", "classification"),
     Table("ISLR", "Default", "default", "classification"),
-    Table("modeldata", "stackoverflow", "remote", "classification"),
+    Table("modeldata", "stackoverflow", "Remote", "classification"),
     Table("AER", "SwissLabor", "participation", "classification"),
     Table("modeldata", "ames", "Sale_Price", "regression"),
     Table("ggplot2", "diamonds", "price", "regression", sample=20_000),
