@@ -30,26 +30,38 @@ def _fail(exc: Exception) -> None:
     sys.exit(getattr(exc, "exit_code", 2))
 
 
-def _unexpected(exc: Exception) -> None:
-    """A fault of the environment in one line (exit 2); anything else in one line too, with its
-    traceback in the run's log file (exit 1)."""
+def _unexpected(exc: Exception, cfg: DictConfig | None = None) -> None:
+    """A fault of the environment in one line (exit 2); anything else in one line too (exit 1).
+    Either way the traceback goes to the run's log file (when it can still be written)."""
     import logging
 
     from pipeline.faults import explain
     from pipeline.tracking.provenance import mask
 
-    line = explain(exc)
+    logging.getLogger("pipeline").error("the run stopped on this error", exc_info=exc)
+    line = explain(exc, _store_of(cfg))
     if line is not None:
         _fail(PipelineError(line))
-    logging.getLogger("pipeline").exception("unexpected error")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     print(f"error: unexpected {type(exc).__name__}: {mask(first)[:300]} (the traceback is in the run's pipeline.log)",
           file=sys.stderr, flush=True)  # fmt: skip
     sys.exit(1)
 
 
+def _store_of(cfg: DictConfig | None) -> str | None:
+    """The tracking store as a fault names it: its database file, or its masked URI."""
+    if cfg is None or not cfg.tracking.enabled:
+        return None
+    from pipeline.tracking.provenance import mask
+    from pipeline.tracking.store import local_store_dir, tracking_uri
+
+    uri = tracking_uri(cfg.tracking.uri)
+    return uri[len("sqlite:///") :] if local_store_dir(uri) is not None else mask(uri)
+
+
 def preflight(args: list[str]) -> None:
-    """Check the overrides before Hydra writes its output folder: one line and exit 2 when wrong."""
+    """Check the overrides, and that Hydra's output folder can be written, before Hydra writes
+    it (Hydra reports its own failure to write with a traceback): one line and exit 2 when wrong."""
     import logging
 
     from pipeline.config.overrides import compose_checked, refuse_passwords
@@ -57,12 +69,14 @@ def preflight(args: list[str]) -> None:
 
     logging.raiseExceptions = False  # a full disk must not print a traceback per log line
     overrides = [a for a in args if not a.startswith("-")]
-    run_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")), "outputs")
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    key, default = ("hydra.sweep.dir", "multirun") if multirun else ("hydra.run.dir", "outputs")
+    out_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")), default)
     try:
         refuse_passwords(overrides)
         if len(overrides) == len(args):  # Hydra's own flags (-m, --cfg, --help) take over otherwise
             compose_checked(overrides)
-        check_writable(Path(run_dir), "run from a writable folder or set hydra.run.dir=<a writable folder>")
+        check_writable(Path(out_dir), f"run from a writable folder or set {key}=<a writable folder>")
     except PipelineError as exc:
         _fail(exc)
 
@@ -98,7 +112,7 @@ def main(cfg: DictConfig) -> float | None:
         print("interrupted: open runs were marked KILLED", file=sys.stderr, flush=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - one line, never Hydra's job report (it prints overrides)
-        _unexpected(exc)
+        _unexpected(exc, cfg)
     print("\n".join(summary_lines(result)), flush=True)
     evaluation = result.outputs.get("evaluate")
     return evaluation.metrics.get(result.objective.metric) if evaluation else None

@@ -21,9 +21,17 @@ def run_key(name: str, family: str | None) -> str:
 
 def identity(cfg: DictConfig, invocation: Invocation, name: str, family: str | None = None) -> dict[str, str]:
     """The tags that make a run of stage `name` (of `family`) the right input for this config."""
+    return identities(cfg, invocation, name, family)[0]
+
+
+def identities(
+    cfg: DictConfig, invocation: Invocation, name: str, family: str | None = None
+) -> list[dict[str, str]]:
+    """The tag sets that make a run of stage `name` the right input, best first (a tune run of
+    the search this command line fixes, else of the whole search)."""
     found = {"data.digest": invocation.data_digest}
     if name == "prepare":
-        return found
+        return [found]
     objective = invocation.objective
     found["objective"] = f"{objective.metric}/{objective.direction}"
     if family is not None:
@@ -31,9 +39,9 @@ def identity(cfg: DictConfig, invocation: Invocation, name: str, family: str | N
         if family == "network":
             found["model.name"] = cfg.model.name
     declared = stage(name)
-    if declared.identity is not None:
-        found.update(declared.identity(cfg, invocation, family))
-    return found
+    if declared.identity is None:
+        return [found]
+    return [{**found, **extra} for extra in declared.identity(cfg, invocation, family)]
 
 
 def resolve(
@@ -91,8 +99,9 @@ def _one(
     if pinned:
         found = recorder.get(pinned)
     else:
-        filters = identity(cfg, invocation, name, family)
-        found = recorder.find(name, filters, cfg.from_run, required, family)
+        found = None
+        for filters in identities(cfg, invocation, name, family):
+            found = found or recorder.find(name, filters, cfg.from_run, required, family)
     if found is None:
         if required and recorder.enabled:
             what = f"'{name}' run" if family is None else f"'{name}' run of family '{family}'"

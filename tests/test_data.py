@@ -111,6 +111,31 @@ def test_tab_and_bom_csv_are_read(tmp_path):
     assert list(table.frame.columns) == ["y", "x"]  # the BOM is not part of the first name
 
 
+@pytest.mark.parametrize(
+    ("encoding", "sep"),
+    [("utf-16", "\t"), ("utf-16-le", ","), ("utf-16-be", ";")],
+    ids=["bom-tab", "le-no-bom", "be-no-bom"],
+)
+def test_utf16_csv_is_read(encoding, sep, tmp_path):
+    """UTF-16 (a spreadsheet's "Unicode text"), with a byte order mark or without, is read as
+    text: not as latin-1 with a NUL byte between letters."""
+    frame = pd.DataFrame(
+        {
+            "city": ["Zürich", "Málaga", "東京"] * 10,
+            "x": np.arange(30) / 7,
+            "n": np.arange(30),
+            "y": ["sí", "no", "sí"] * 10,
+        }
+    )
+    path = write_csv(frame, tmp_path / "rows.csv", sep=sep, encoding=encoding)
+    table = read_table(str(path), "y")
+    assert list(table.frame.columns) == ["city", "x", "n", "y"]
+    assert table.frame["city"].tolist() == frame["city"].tolist()
+    assert table.frame["y"].tolist() == frame["y"].tolist()
+    assert table.frame["x"].dtype == np.float64 and table.frame["n"].dtype == np.int64
+    np.testing.assert_allclose(table.frame["x"], frame["x"])
+
+
 def test_parquet_is_read(tmp_path):
     frame = messy_table(60)
     frame.to_parquet(tmp_path / "rows.parquet", index=False)
@@ -374,6 +399,21 @@ def _inf(path: Path) -> Path:
     return write_csv(frame, path)
 
 
+def _bytes(content: bytes):
+    return lambda path: path.write_bytes(content)
+
+
+def _repeated_parquet(path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = np.arange(40) / 3
+    pq.write_table(pa.table([x, x, ["a", "b"] * 20], names=["x1", "x1", "y"]), path)
+
+
+GARBAGE = bytes(np.random.default_rng(3).integers(0, 256, 8192, dtype=np.uint8))
+
+
 ERRORS = {
     "missing file": ("rows.csv", None, "does not exist or is not a file"),
     "unreadable parquet": (
@@ -409,6 +449,32 @@ ERRORS = {
         "10 usable rows, fewer than data.min_rows=20",
     ),
     "infinite values": ("rows.csv", _inf, "column 'x' holds infinite values"),
+    "repeated column names": (
+        "rows.csv",
+        _bytes(b"x1,x2,x1,y\n" + b"1,2,3,a\n4,5,6,b\n" * 20),
+        "repeats column names: 'x1' \\(columns 1, 3\\); give each column its own name",
+    ),
+    "repeated column names in parquet": (
+        "rows.parquet",
+        _repeated_parquet,
+        "repeats column names: 'x1' \\(columns 1, 2\\)",
+    ),
+    "binary data as csv": ("rows.csv", _bytes(GARBAGE), "is not a readable table \\(it holds binary data\\)"),
+    "csv with NUL bytes": (
+        "rows.csv",
+        _bytes(b"x,y\n" + b"1.5,a\n2.5,b\n" * 20 + b"3.5\x00,a\n"),
+        "is not a readable table",
+    ),
+    "csv with NUL bytes past the sampled head": (
+        "rows.csv",
+        _bytes(b"x,y\n" + b"1.5,a\n2.5,b\n" * 8000 + b"3.5,a\x00\x01\xff\n"),
+        "is not a readable table \\(it holds binary data: NUL bytes in column 'y'\\)",
+    ),
+    "target without values": (
+        "rows.csv",
+        _rows(classes_table(40).assign(y=None)),
+        "target column 'y' has no values; choose another data.target",
+    ),
     "group split with 2 groups": (
         "rows.csv",
         _rows(classes_table(60).assign(g=["a", "b"] * 30)),

@@ -189,25 +189,41 @@ def test_prepare_is_reused_unless_forced(make_cfg, tmp_path, capsys):
     assert changed.run_ids["prepare"] not in (source, fresh.info.run_id)
 
 
+TABLE = b"x1,x2,label\n" + b"0.5,1,yes\n1.5,2,no\n2.5,3,yes\n3.5,4,no\n" * 10
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "content", "message"),
+    ("name", "content", "extra", "message"),
     [
-        ("rows.parquet", b"not a parquet file at all\x00\xff" * 20, "could not be read as parquet"),
+        ("rows.parquet", b"not a parquet file at all\x00\xff" * 20, [], "could not be read as parquet"),
         (
             "rows.csv",
             b"a,b,c\n" + b"1,2,3\n" * 30,
+            [],
             "target column 'label' is not in the table; its columns are: a, b, c",
         ),
+        ("rows.csv", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40, [], "is not a readable table"),
+        ("rows.csv", b"x1,x2,x1,label\n" + b"1,2,3,yes\n4,5,6,no\n" * 20, [], "repeats column names: 'x1'"),
+        ("rows.csv", b"x1,label\n" + b"1,\n2,\n" * 20, [], "target column 'label' has no values"),
+        (
+            "rows.csv",
+            TABLE,
+            ["registry.model_name=../../x"],
+            "registry.model_name='../../x' is not valid",
+        ),
     ],
-    ids=["unreadable", "no-target"],
+    ids=["unreadable", "no-target", "binary-csv", "repeated-names", "empty-target", "model-name-path"],
 )
-def test_cli_data_error_is_one_line(name, content, message, run_cli, store, tmp_path):
+def test_cli_data_error_is_one_line(name, content, extra, message, run_cli, store, tmp_path):
     path = tmp_path / name
     path.write_bytes(content)
-    done = run_cli("data=table", f"data.path={path}", "data.target=label", STAGES)
+    done = run_cli("data=table", f"data.path={path}", "data.target=label", STAGES, *extra)
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert_store_clean(store)
+    # nothing half-written: no lock file anywhere (a model name with '..' would have put one
+    # outside the store's locks/ folder)
+    assert not list(tmp_path.rglob("*.lock"))

@@ -53,7 +53,7 @@ def _sniff_delimiter(sample: str) -> str:
 
 def _encodings(head: bytes, configured: str | None, where: str) -> list[str]:
     """The encodings to try: the configured one, UTF-16 when a BOM or NUL-spaced text says so,
-    else UTF-8 (dropping a BOM) then latin-1. NUL bytes in any other pattern mean binary data."""
+    else UTF-8 (dropping a BOM), then Windows-1252, then latin-1. NUL bytes in any other pattern mean binary data."""
     if configured:
         return [configured]
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -65,24 +65,51 @@ def _encodings(head: bytes, configured: str | None, where: str) -> list[str]:
         if even.count(0) > 0.9 * len(even):
             return ["utf-16-be"]
         raise DataError(f"{where} is not a readable table (it holds binary data); give a CSV or Parquet file")
-    return ["utf-8-sig", "latin-1"]
+    return ["utf-8-sig", "cp1252", "latin-1"]  # cp1252 before latin-1: Windows quotes read right
 
 
 def _check_text(sample: str, where: str) -> None:
-    """Text decoded from binary data is full of control characters."""
-    control = sum(1 for c in sample if (ord(c) < 32 and c not in "\t\r\n") or 0x7F <= ord(c) < 0xA0)
+    """Text decoded from binary data is full of control characters. Only C0 controls count: the
+    C1 range (0x80-0x9F) is what a Windows-1252 file's quotes and euro signs read as in latin-1."""
+    control = sum(1 for c in sample if (ord(c) < 32 and c not in "\t\r\n") or ord(c) == 0x7F)
     if sample and control > 0.01 * len(sample):
         raise DataError(f"{where} is not a readable table (it holds binary data); give a CSV or Parquet file")
 
 
+def repeated_names(names: list[str]) -> list[str]:
+    """The column names that occur more than once (after stripping spaces), in header order.
+    Empty names do not count: trailing commas are common, and pandas names those `Unnamed: 3`."""
+    seen: dict[str, int] = {}
+    for name in (n.strip() for n in names):
+        seen[name] = seen.get(name, 0) + 1
+    return [name for name, count in seen.items() if count > 1 and name]
+
+
 def _check_header(names: list[str], where: str) -> None:
-    seen: dict[str, list[int]] = {}
-    for position, name in enumerate(names, 1):
-        seen.setdefault(name.strip(), []).append(position)
-    repeated = {name: at for name, at in seen.items() if len(at) > 1}
+    """Repeated names are an error: pandas would rename the second `x1` to `x1.1` (a CSV) or refuse
+    the file with Arrow's words (Parquet), and a model would learn from whichever came first."""
+    repeated = repeated_names(names)
     if repeated:
-        shown = "; ".join(f"{name!r} (columns {', '.join(map(str, at))})" for name, at in repeated.items())
+        positions = [[i for i, n in enumerate(names, 1) if n.strip() == name] for name in repeated]
+        shown = "; ".join(
+            f"{name[:40]!r} (columns {', '.join(map(str, at))})"
+            for name, at in zip(repeated[:10], positions, strict=False)
+        )
         raise DataError(f"{where} repeats column names: {shown}; give each column its own name")
+
+
+def _check_no_nul(frame: pd.DataFrame, where: str) -> None:
+    """NUL bytes past the sampled head (binary data appended to a table) end up inside text values;
+    no table's text holds them, so they are refused rather than read as odd categories."""
+    for column in frame.columns:
+        series = frame[column]
+        if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series):
+            continue
+        if series.dropna().astype(str).str.contains("\x00", regex=False).any():
+            raise DataError(
+                f"{where} is not a readable table (it holds binary data: NUL bytes in column "
+                f"{str(column)[:40]!r}); give a CSV or Parquet file"
+            )
 
 
 def _read_csv(
@@ -99,7 +126,9 @@ def _read_csv(
             sep = delimiter or _sniff_delimiter(sample)
             header = next(csv.reader(sample.splitlines()[:1], delimiter=sep), [])
             _check_header(header, where)
-            return pd.read_csv(file, sep=sep, encoding=enc, low_memory=False, dtype=dtype)
+            frame = pd.read_csv(file, sep=sep, encoding=enc, low_memory=False, dtype=dtype)
+            _check_no_nul(frame, where)
+            return frame
         except UnicodeDecodeError:
             if i == len(encodings) - 1:
                 raise
@@ -129,7 +158,9 @@ def read_frame(
         )
     try:
         frame = (
-            _read_parquet(file) if fmt == "parquet" else _read_csv(file, delimiter, encoding, where, dtype)
+            _read_parquet(file, where)
+            if fmt == "parquet"
+            else _read_csv(file, delimiter, encoding, where, dtype)
         )
     except DataError:
         raise
@@ -138,8 +169,6 @@ def read_frame(
     except Exception as exc:  # noqa: BLE001 - any reader failure means the same to the user
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{where} could not be read as {fmt}: {first}") from None
-    if fmt == "parquet":
-        _check_header([str(c) for c in frame.columns], where)
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
 
@@ -157,12 +186,14 @@ def read_table(
     return Table(frame, target, str(file), file_digest(file))
 
 
-def _read_parquet(file: Path) -> pd.DataFrame:
+def _read_parquet(file: Path, where: str) -> pd.DataFrame:
     """A Parquet file as a frame, costing about the table's own size: self_destruct frees each
     Arrow column once converted, split_blocks keeps numeric columns zero-copy, and the Arrow pool
     hands back the pages that decoding left behind (otherwise held until the process ends)."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    _check_header([str(name) for name in pq.read_schema(file).names], where)  # before reading rows
     frame = pd.read_parquet(file, to_pandas_kwargs={"self_destruct": True, "split_blocks": True})
     pa.default_memory_pool().release_unused()
     return frame

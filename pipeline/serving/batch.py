@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 
 from pipeline.serving.target import ServingError, input_columns, load, resolve_target
 
+PARQUET = (".parquet", ".pq")
+
 
 def read_rows(path: Path, columns: dict[str, str]) -> pd.DataFrame:
     """The rows to score, read like the pipeline reads a table (encodings, delimiters, binary
@@ -60,13 +62,12 @@ def predict(cfg: DictConfig, input_path: Path, output_path: Path, model_uri: str
     model = load(target)
     columns = input_columns(model)
     frame = read_rows(input_path, columns)
-    inputs = frame[list(columns)]
     try:
-        check_input(inputs, columns)  # the whole file, so rows are numbered as in the file
+        # the whole file at once, so rows are numbered as in the file (and never half-scored)
+        inputs = check_input(frame[list(columns)], columns)
     except mlflow.exceptions.MlflowException as exc:
-        raise ServingError(
-            f"input file {str(input_path)!r}: {exc.message} (data rows, after the header)"
-        ) from None
+        counted = "counted from 1" if input_path.suffix.lower() in PARQUET else "counted after the header"
+        raise ServingError(f"input file {str(input_path)!r}: {exc.message} (rows {counted})") from None
     batch, started, parts = int(cfg.serve.batch_size), time.perf_counter(), []
     for start in range(0, len(inputs), batch):
         parts.append(model.predict(inputs.iloc[start : start + batch]))
@@ -74,7 +75,7 @@ def predict(cfg: DictConfig, input_path: Path, output_path: Path, model_uri: str
     predictions = pd.DataFrame(pd.concat(parts) if len(parts) > 1 else parts[0]).reset_index(drop=True)
     out = _with_ids(frame, predictions, list(columns))
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    if output_path.suffix.lower() in (".parquet", ".pq"):
+    if output_path.suffix.lower() in PARQUET:
         out.to_parquet(output_path, index=False)
     else:
         out.to_csv(output_path, index=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -14,24 +15,30 @@ from pipeline.serving.target import ServingError, resolve_target
 
 
 def dockerfile(cfg: DictConfig, output: Path, model_uri: str | None) -> Path:
-    target = resolve_target(cfg, model_uri)
+    """The build folder: the model checked against its recorded digests, then handed to MLflow's
+    generate-dockerfile."""
     from pipeline.serving.cli import child_env
+    from pipeline.tracking import integrity, registry
 
+    target = resolve_target(cfg, model_uri)
     if output.exists():
         shutil.rmtree(output)
     cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    command = [
-        cli,
-        "models",
-        "generate-dockerfile",
-        "-m",
-        target.model_uri,
-        "-d",
-        str(output),
-        "--env-manager",
-        "local",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env=child_env(target.tracking_uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        run_id, expected = registry.record_of(target.model_uri)
+        local = integrity.checked_model(target.model_uri, run_id, expected, Path(tmp))
+        command = [
+            cli,
+            "models",
+            "generate-dockerfile",
+            "-m",
+            str(local),
+            "-d",
+            str(output),
+            "--env-manager",
+            "local",
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, env=child_env(target.tracking_uri))
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().splitlines()
         raise ServingError(f"generate-dockerfile failed: {detail[-1] if detail else done.returncode}")

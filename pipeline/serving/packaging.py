@@ -39,34 +39,95 @@ def _rows(mask: np.ndarray) -> str:
     return shown + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
 
 
+def _names(names: list[Any], limit: int = 10) -> str:
+    """Column names for a message: the first `limit`, each cut to 40 characters, and how many more
+    (a request's names are the client's: the message stays short whatever they send)."""
+    cut = [str(n) if len(str(n)) <= 40 else str(n)[:40] + "..." for n in names[:limit]]
+    return ", ".join(map(repr, cut)) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _finite_or_inf(value: Any) -> Any:
+    """A Python integer beyond the float range (JSON's 1 followed by 400 zeros) as the infinity it
+    overflows to, like 1e400 parses to; anything else as it is."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return np.inf if value > 0 else -np.inf
+    return value
+
+
+def _numbers(values: pd.Series) -> pd.Series:
+    """A numeric column as numbers, NaN where it holds text (or lists, objects)."""
+    if pd.api.types.is_numeric_dtype(values):
+        return values
+    try:
+        return pd.to_numeric(values, errors="coerce")
+    except OverflowError:  # pandas refuses the whole column over one huge integer
+        return pd.to_numeric(values.map(_finite_or_inf), errors="coerce")
+
+
+def _as_text(value: Any) -> str | None:
+    """A categorical value as the text the model's categories hold (3 -> '3', True -> 'True'); a
+    whole float is an integer that a missing value in its column made a float (3.0 -> '3')."""
+    if isinstance(value, str):
+        return value
+    if value is None or pd.isna(value):
+        return None
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _check_numeric(column: str, values: pd.Series) -> pd.Series:
+    converted = _numbers(values)
+    text = (converted.isna() & values.notna()).to_numpy()
+    if text.any():
+        raise _bad_input(
+            f"column {column!r} must be numeric; rows {_rows(text)} hold text or other non-numbers"
+        )
+    as_float = converted.to_numpy(dtype=np.float64, na_value=np.nan)
+    infinite = np.isinf(as_float)
+    if infinite.any():
+        # never scored: the model would answer made-up labels or NaN probabilities
+        raise _bad_input(
+            f"column {column!r} holds infinite or out-of-range values in rows {_rows(infinite)}; "
+            "send finite numbers or leave them empty"
+        )
+    return pd.Series(as_float, index=values.index, name=column)
+
+
+def _check_scalars(column: str, values: pd.Series) -> pd.Series:
+    """The column as objects, each one value (JSON can put a list or an object in a cell)."""
+    values = values if values.dtype == object else values.astype(object)
+    nested = values.map(lambda v: not pd.api.types.is_scalar(v)).to_numpy(dtype=bool)
+    if nested.any():
+        raise _bad_input(
+            f"column {column!r} holds lists or objects in rows {_rows(nested)}; send one value per cell"
+        )
+    return values
+
+
 def check_input(frame: pd.DataFrame, column_types: dict[str, str]) -> pd.DataFrame:
-    """The rows the model can take, or an error naming the columns (and rows) it cannot; the
-    data itself is never echoed."""
+    """The rows the model can take (numbers as float64, categories as text), or an error naming
+    the columns (and rows) it cannot; the data itself is never echoed."""
     if frame.empty:
         raise _bad_input("the request holds no rows; send at least one row")
+    repeated = frame.columns[frame.columns.duplicated()].unique().tolist()
+    if repeated:
+        raise _bad_input(f"the input repeats column name(s) {_names(repeated)}; send each column once")
     missing = [c for c in column_types if c not in frame.columns]
     if missing:
-        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise _bad_input(f"missing input column(s): {', '.join(map(str, missing[:10]))}{more}")
-    numbers = {}
+        raise _bad_input(f"missing input column(s): {_names(missing)}")
+    checked = {}
     for column, kind in column_types.items():
-        if kind != NUMERIC:
-            continue
-        values = frame[column]
-        converted = (
-            values if pd.api.types.is_numeric_dtype(values) else pd.to_numeric(values, errors="coerce")
-        )
-        text = (converted.isna() & values.notna()).to_numpy()
-        if text.any():
-            raise _bad_input(f"column {column!r} must be numeric; rows {_rows(text)} hold text")
-        as_float = converted.to_numpy(dtype=np.float64, na_value=np.nan)
-        if np.isinf(as_float).any():
-            raise _bad_input(
-                f"column {column!r} holds infinite values in rows {_rows(np.isinf(as_float))}; "
-                "send finite numbers or leave them empty"
-            )
-        numbers[column] = converted
-    return frame.assign(**numbers) if numbers else frame
+        if kind == NUMERIC:
+            checked[column] = _check_numeric(column, frame[column])
+        elif kind == DATE:
+            _check_scalars(column, frame[column])  # dates stay as sent: text or datetimes
+        else:
+            checked[column] = _check_scalars(column, frame[column]).map(_as_text).astype(object)
+    return frame.assign(**checked) if checked else frame
 
 
 class PipelineModel(mlflow.pyfunc.PythonModel):
@@ -81,13 +142,11 @@ class PipelineModel(mlflow.pyfunc.PythonModel):
 
 
 def signature(predictor: Predictor) -> ModelSignature:
-    # numeric and date columns are declared Any, not double: MLflow refuses an int64 column for
-    # a double one (a table read with pandas has int64 columns wherever a batch has no missing
-    # value) and a missing value for a long one; the model itself checks them (check_input)
-    inputs = [
-        ColSpec(AnyType() if kind in (NUMERIC, DATE) else "string", column)
-        for column, kind in predictor.preprocessing.column_types.items()
-    ]
+    # every input is declared Any: MLflow refuses an int64 column for a double one (a table read
+    # with pandas has int64 columns wherever a batch has no missing value), a missing value for
+    # a long one, and a number in a text column (a code like 3); the model itself checks and
+    # converts each column by its kind (check_input)
+    inputs = [ColSpec(AnyType(), column) for column, kind in predictor.preprocessing.column_types.items()]
     classes = predictor.preprocessing.classes
     if classes is None:
         outputs = [ColSpec("double", "prediction")]

@@ -29,10 +29,22 @@ class Target:
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    """The pipeline's configuration, composed from conf/ with command-line overrides."""
-    from pipeline.config.overrides import compose_checked
+    """The pipeline's configuration, composed from conf/ with command-line overrides, each value
+    checked like the pipeline checks it (a `registry.model_name=../../x` names no model: refused
+    before the store is opened). The cross-field rules are the pipeline's own: serving a table's
+    champion needs its data.path, not its data.target."""
+    from omegaconf import OmegaConf
 
-    return compose_checked(list(overrides))
+    from pipeline.config.overrides import compose_checked
+    from pipeline.config.validate import RULES
+    from pipeline.errors import ConfigError
+
+    cfg = compose_checked(list(overrides))
+    for key, check in RULES:
+        message = check(key, OmegaConf.select(cfg, key))
+        if message is not None:
+            raise ConfigError(message)
+    return cfg
 
 
 def default_model_uri(cfg: DictConfig) -> str:

@@ -86,9 +86,9 @@ class Stage:
     notes: Callable[[Any], list[str]] | None = None  # lines for the person at the terminal
     per_family: bool = False  # one run per candidate family (its output: one per family)
     system_metrics: bool = False  # its run samples CPU, memory and GPU (tracking.system_metrics)
-    # (config, invocation, family) -> tags beyond the usual ones that a run must have to be the
-    # right input for this config (the tune stage: its study)
-    identity: Callable[[Any, Invocation, str | None], dict[str, str]] | None = None
+    # (config, invocation, family) -> tag sets (best first) beyond the usual ones that a run must
+    # have to be the right input for this config (the tune stage: its study)
+    identity: Callable[[Any, Invocation, str | None], list[dict[str, str]]] | None = None
 
     def output_type(self, family: str | None) -> type:
         return self.output if isinstance(self.output, type) else self.output(family)

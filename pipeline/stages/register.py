@@ -26,7 +26,7 @@ from pipeline.stages.prepare import PreparedData
 from pipeline.tracking import registry
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-DECISION_TAG = "registry.decision"  # on every version: champion, challenger, or interrupted
+DECISION_TAG = "registry.decision"  # on every version: champion, challenger, interrupted or failed
 
 
 @dataclass
@@ -193,28 +193,46 @@ def register(
     tags: dict[str, str],
     store_dir: Path | None,
 ) -> Decision:
-    """Create the version, decide its alias behind the gate, and settle races with others. A
-    version whose registration was interrupted is tagged so; one left by a killed process is
-    tagged by the next registration."""
+    """Create the version, decide its alias behind the gate, and settle races with others. Every
+    version gets a decision tag: its alias, `interrupted` (Ctrl-C, SIGTERM) or `failed` (an
+    error) here, and `interrupted` from the next registration when its process was killed."""
     with _lock(store_dir, name):
-        for left in registry.undecided_versions(name):
+        for left in registry.undecided_versions(name, DECISION_TAG):
             registry.tag_version(name, left, {DECISION_TAG: "interrupted"})
             say(
-                f"register: {name} v{left} was left without a decision by an interrupted registration; tagged {DECISION_TAG}=interrupted"
+                f"register: {name} v{left} was left without a decision by an interrupted registration; "
+                f"tagged {DECISION_TAG}=interrupted"
             )
-        version = registry.create_version(name, model_uri, tags)
+        version = registry.create_version(name, model_uri, {**tags, **registry.registering_tags()})
         try:
             decision = decide(reg, name, version, new_score, prepared, objective)
             registry.set_alias(name, decision.alias, version)
             if decision.alias == CHAMPION and store_dir is None:
                 decision = _settle(reg, name, decision, prepared, objective)
-        except BaseException:
-            registry.tag_version(name, version, {DECISION_TAG: "interrupted"})
+        except BaseException as exc:
+            _record_cut_short(name, version, exc)
             raise
         registry.tag_version(
             name, version, {DECISION_TAG: decision.alias, "registry.reason": decision.reason}
         )
     return decision
+
+
+def _record_cut_short(name: str, version: str, exc: BaseException) -> None:
+    """Tag a version whose decision was cut short, as far as the store still lets us: the error
+    that cut it short is what the person needs to see."""
+    import logging
+
+    from pipeline.tracking.provenance import mask
+
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (Terminated)
+        tags = {DECISION_TAG: "interrupted"}
+    else:
+        tags = {DECISION_TAG: "failed", "registry.reason": mask(f"{type(exc).__name__}: {exc}")[:5000]}
+    try:
+        registry.tag_version(name, version, tags)
+    except Exception as failure:  # noqa: BLE001 - the next registration tags it instead
+        logging.getLogger(__name__).warning("could not tag %s v%s: %s", name, version, failure)
 
 
 def _settle(

@@ -203,12 +203,17 @@ def open_tune_run(call: StageCall) -> Opening:
     return Opening(run_id=run_id, tags=tags, state=(study, settings, identity, existing))
 
 
-def study_tags(cfg: DictConfig, invocation: Any, family: str | None) -> dict[str, str]:
-    """A tune run is the right input when it holds this family's study (its space and objective)."""
+def study_tags(cfg: DictConfig, invocation: Any, family: str | None) -> list[dict[str, str]]:
+    """A tune run is the right input when it holds this family's study (its space and objective):
+    the one with the values this command line fixes, else the whole search (whose tuned values
+    the command line's then replace)."""
     assert family is not None
-    inv = invocation
-    settings = study_settings(cfg, family, inv.data_digest, inv.objective, inv.store_dir, inv.explicit)
-    return {"study.name": settings.study_name}
+    inv, names = invocation, []
+    for explicit in (inv.explicit, frozenset()):
+        settings = study_settings(cfg, family, inv.data_digest, inv.objective, inv.store_dir, explicit)
+        if settings.study_name not in names:
+            names.append(settings.study_name)
+    return [{"study.name": name} for name in names]
 
 
 def run(call: StageCall) -> TuneResult:

@@ -201,6 +201,26 @@ class NullRecord:
         return None
 
 
+def _sample_if_none(run_id: str) -> None:
+    """One sample of the machine for a run shorter than the sampling interval: MLflow drops a
+    partial sample, so such a run would otherwise show no system metrics at all."""
+    import psutil
+
+    client = MlflowClient()
+    if any(key.startswith("system/") for key in client.get_run(run_id).data.metrics):
+        return
+    memory = psutil.virtual_memory()
+    log_values(
+        run_id,
+        metrics={
+            "system/cpu_utilization_percentage": psutil.cpu_percent(interval=0.05),
+            "system/system_memory_usage_megabytes": (memory.total - memory.available) / 2**20,
+            "system/system_memory_usage_percentage": memory.percent,
+        },
+        client=client,
+    )
+
+
 class MlflowRecorder:
     """Stage runs in one MLflow experiment: the invocation's parent run, one nested run per stage,
     and the lookups a stage run alone needs."""
@@ -247,6 +267,8 @@ class MlflowRecorder:
                 yield record
             finally:
                 record.flush()
+                if watch:
+                    _sample_if_none(record.run_id)
                 if self.server:  # the line MLflow would print, for the log file only
                     log.info(
                         "View run %s at: %s/#/experiments/%s/runs/%s",

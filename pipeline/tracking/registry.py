@@ -55,14 +55,14 @@ def load_model(model_uri: str) -> Any:
 
     from pipeline.tracking import integrity
 
-    run_id, expected = _record_of(model_uri)
+    run_id, expected = record_of(model_uri)
     into = Path(tempfile.mkdtemp(prefix="model-"))
     atexit.register(shutil.rmtree, into, ignore_errors=True)  # the loaded model imports from it
     local = integrity.checked_model(model_uri, run_id, expected, into)
     return mlflow.pyfunc.load_model(str(local))
 
 
-def _record_of(model_uri: str) -> tuple[str | None, str | None]:
+def record_of(model_uri: str) -> tuple[str | None, str | None]:
     """(train run, model digest) for `models:/name@alias`, `models:/name/version` or a logged
     model `models:/m-...`."""
     from pipeline.tracking.integrity import MODEL_TAG, version_record
@@ -96,15 +96,47 @@ def tag_version(name: str, version: str, tags: dict[str, str]) -> None:
         client.set_model_version_tag(name, version, key, value)
 
 
+REGISTERING_PID, REGISTERING_HOST = "registry.pid", "registry.host"  # who created a version
+STALE_SECONDS = 600  # a version of another machine's registration is left alone this long
+
+
+def registering_tags() -> dict[str, str]:
+    """Who creates a version: once that process is gone, a version it left undecided is known
+    to be abandoned rather than being decided right now."""
+    from pipeline.tracking.provenance import process_tags
+
+    return {REGISTERING_PID: process_tags()["pid"], REGISTERING_HOST: process_tags()["host"]}
+
+
 def undecided_versions(name: str, decision_tag: str = "registry.decision") -> list[str]:
-    """Versions with no alias and no recorded decision: their registration was cut short (those
-    registered before decisions were recorded carry no digest tag and are left alone)."""
+    """Versions with no alias and no recorded decision whose registration was cut short: the
+    process that created them is gone (or, on another machine, it began long ago). Those
+    registered before decisions were recorded carry no digest tag and are left alone."""
+    client = MlflowClient()
     try:
-        versions = MlflowClient().search_model_versions(f"name = '{name}'")
+        # a search leaves every version's aliases empty: the registered model holds them
+        held = {str(v) for v in client.get_registered_model(name).aliases.values()}
+        versions = client.search_model_versions(f"name = '{name}'")
     except mlflow.exceptions.MlflowException:
-        return []
-    return [
-        str(v.version)
+        return []  # no such model yet
+    left = [
+        v
         for v in versions
-        if not v.aliases and decision_tag not in (v.tags or {}) and "model.sha256" in (v.tags or {})
+        if str(v.version) not in held
+        and decision_tag not in (v.tags or {})
+        and "model.sha256" in (v.tags or {})
     ]
+    return sorted((str(v.version) for v in left if _abandoned(v)), key=int)
+
+
+def _abandoned(version: Any) -> bool:
+    import socket
+    import time
+
+    from pipeline.tracking.provenance import process_alive
+
+    tags = version.tags or {}
+    pid, host = tags.get(REGISTERING_PID, ""), tags.get(REGISTERING_HOST)
+    if pid.isdigit() and host == socket.gethostname():
+        return not process_alive(int(pid))
+    return time.time() - (version.creation_timestamp or 0) / 1000 > STALE_SECONDS

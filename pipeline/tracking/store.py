@@ -36,10 +36,17 @@ def local_store_dir(uri: str) -> Path | None:
     return None
 
 
-def probe(uri: str, timeout: float | None) -> None:
-    """Reach the store within `timeout` seconds before any work, or stop with one line: a
-    server's requests and a database's connections otherwise wait minutes before failing.
-    Later requests keep MLflow's own patience (a model upload may rightly take long)."""
+def probe(
+    uri: str,
+    timeout: float | None,
+    what: str = "the MLflow store",
+    key: str = "tracking.uri",
+    start: str = "start it (make server)",
+) -> None:
+    """Reach a server or database (`what`, set by `key`) within `timeout` seconds before any work,
+    or stop with one line: a server's requests and a database's connections otherwise wait
+    minutes before failing. Later requests keep their own patience (a model upload may rightly
+    take long)."""
     if timeout is None or uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         return
     try:
@@ -52,8 +59,8 @@ def probe(uri: str, timeout: float | None) -> None:
     except Exception as exc:  # noqa: BLE001 - refused, timed out, unknown host, bad credentials
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(
-            f"cannot reach the MLflow store at {mask(uri)} within {timeout:g}s ({mask(reason)[:200]}); "
-            "start it (make server) or check tracking.uri (tracking.connect_timeout sets the patience)"
+            f"cannot reach {what} at {mask(uri)} within {timeout:g}s ({mask(reason)[:200]}); "
+            f"{start} or check {key} (tracking.connect_timeout sets the patience)"
         ) from None
 
 
@@ -120,15 +127,29 @@ def _experiment(resolved: str, experiment: str, store_dir: Path | None) -> str:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
         return found.experiment_id
-    except mlflow.exceptions.MlflowException as exc:
-        first = str(exc).splitlines()[0]
-        raise PipelineError(f"cannot use the MLflow store at {mask(resolved)}: {first}") from None
-    except Exception as exc:  # connection errors from the HTTP client or the database driver
-        if "Connection" in type(exc).__name__ or "OperationalError" in type(exc).__name__:
-            raise PipelineError(
-                f"cannot reach the MLflow store at {mask(resolved)}; start it (make server) or set tracking.uri"
-            ) from None
-        raise
+    except Exception as exc:  # MLflow's errors, the HTTP client's and the database driver's
+        error = _store_error(exc, resolved, store_dir)
+        if error is exc:
+            raise
+        raise error from None
+
+
+def _store_error(exc: Exception, resolved: str, store_dir: Path | None) -> Exception:
+    """One line for a store that cannot be used: a fault of its disk, an unreachable server, or
+    what MLflow said; anything else is raised as it is."""
+    from pipeline.faults import explain
+
+    where = resolved[len("sqlite:///") :] if store_dir is not None else mask(resolved)
+    if (line := explain(exc, where)) is not None:
+        return PipelineError(line)
+    if isinstance(exc, mlflow.exceptions.MlflowException):
+        first = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return PipelineError(f"cannot use the MLflow store at {mask(resolved)}: {mask(first)[:300]}")
+    if "Connection" in type(exc).__name__ or "OperationalError" in type(exc).__name__:
+        return PipelineError(
+            f"cannot reach the MLflow store at {mask(resolved)}; start it (make server) or set tracking.uri"
+        )
+    return exc
 
 
 def reset_fluent_state() -> None:

@@ -36,6 +36,7 @@ class StudySettings:
     pruner_startup_trials: int
     pruner_warmup_epochs: int | None
     pruner_reduction_factor: int
+    connect_timeout: float | None = None  # tracking.connect_timeout: the patience for a database
 
     @property
     def shared(self) -> bool:
@@ -132,6 +133,7 @@ def study_settings(
         pruner_startup_trials=int(tune.pruner_startup_trials),
         pruner_warmup_epochs=tune.pruner_warmup_epochs,
         pruner_reduction_factor=int(tune.pruner_reduction_factor),
+        connect_timeout=cfg.tracking.get("connect_timeout"),
     )
 
 
@@ -188,6 +190,7 @@ def sampler_seed(seed: int, worker: int, trials_so_far: int) -> int:
 def load_study(settings: StudySettings, worker: int = 0) -> optuna.Study:
     from pipeline.tracking.provenance import mask
 
+    probe_storage(settings)
     pruner = PRUNERS[settings.pruner](
         settings.epochs,
         settings.pruner_startup_trials,
@@ -213,10 +216,24 @@ def load_study(settings: StudySettings, worker: int = 0) -> optuna.Study:
         raise
     except Exception as exc:
         if "OperationalError" in type(exc).__name__ or "connect" in str(exc).lower():
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PipelineError(
-                f"cannot open the study storage {mask(settings.storage)}: {str(exc).splitlines()[0]}"
+                f"cannot open the study storage {mask(settings.storage)}: {mask(first)[:300]}; "
+                f"check {STORAGE_KEYS}"
             ) from None
         raise
+
+
+STORAGE_KEYS = "tune.storage (or $OPTUNA_STORAGE)"
+
+
+def probe_storage(settings: StudySettings) -> None:
+    """Reach a study database within tracking.connect_timeout before the study is opened: a
+    database that does not answer would otherwise hold the command for minutes."""
+    from pipeline.tracking.store import probe
+
+    if settings.shared:
+        probe(settings.storage, settings.connect_timeout, "the study storage", STORAGE_KEYS, "start it")
 
 
 def trials_frame(study: optuna.Study) -> Any:

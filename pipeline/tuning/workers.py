@@ -35,15 +35,25 @@ class WorkerJob:
     deadline: float | None
 
 
+EXIT_GRACE_SECONDS = 30.0  # to end the running trial once the pipeline's process is gone
+
+
 def follow_parent(parent: int) -> None:
     """End this worker when the pipeline's process is gone: Linux's parent-death signal (it fires
     when the parent *thread* that spawned us exits), and a check of the parent pid every second
-    for the rest. SIGTERM ends the running trial like Ctrl-C: FAIL in Optuna, KILLED in MLflow."""
+    for the rest. SIGTERM ends the running trial like Ctrl-C: FAIL in Optuna, KILLED in MLflow.
+    Only the first signal does: a second one (the pid check after the parent-death signal, or
+    the pipeline's own SIGTERM after a Ctrl-C) would cut short the ending of the trial."""
     import ctypes
 
     from pipeline.errors import Terminated
 
+    ending = threading.Event()
+
     def terminate(signum: int, frame: object) -> None:
+        if ending.is_set():
+            return
+        ending.set()
         raise Terminated(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, terminate)
@@ -53,11 +63,13 @@ def follow_parent(parent: int) -> None:
         pass  # not Linux: the pid check below still ends us
 
     def watch() -> None:
-        while True:
+        while os.getppid() == parent:
             time.sleep(1.0)
-            if os.getppid() != parent:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
+        if not ending.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+        # an orphan never outlives its grace, whatever its trial's ending waits on
+        time.sleep(EXIT_GRACE_SECONDS)
+        os._exit(143)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
@@ -88,18 +100,35 @@ def _wait_for_job(jobs: Any, parent: int) -> None:
     """Entry point of a pooled worker: pay the one-off costs of a first trial (imports, torch's
     first optimizer and backward pass), then wait for a job (or None: the pipeline ended before
     tuning). All of it happens while the pipeline reads and prepares the data."""
-    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the store a first run opens
-
-    from pipeline.training.setup import warm_up
-
     follow_parent(parent)
-    warm_up()
     try:
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the store a first run opens
+
+        from pipeline.training.setup import warm_up
+
+        warm_up()
         job = jobs.get()
         if job is not None:
             run_job(job)
     except KeyboardInterrupt:
         sys.exit(143)  # SIGTERM: the trial was ended on the way out
+
+
+def _start(processes: list[Any]) -> None:
+    """Start worker processes that ignore Ctrl-C: the terminal sends SIGINT to every process of
+    the command, and the pipeline's process ends its workers itself (SIGTERM, once), so that
+    none is interrupted again while it ends its trial, nor prints a traceback while it imports.
+    An ignored signal stays ignored in a spawned interpreter."""
+    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+        for process in processes:
+            process.start()
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for process in processes:
+            process.start()
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 class WorkerPool:
@@ -120,8 +149,7 @@ class WorkerPool:
             )
             for i, jobs in enumerate(self._jobs)
         ]
-        for process in self.processes:
-            process.start()
+        _start(self.processes)
         self._given = 0
 
     def __len__(self) -> int:
@@ -156,8 +184,7 @@ def _spawn(jobs: list[WorkerJob], pool: WorkerPool | None) -> list[Any]:
         return pool.give(jobs)
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_run_spawned, args=(job, os.getpid()), daemon=True) for job in jobs]
-    for process in processes:
-        process.start()
+    _start(processes)
     return processes
 
 
