@@ -43,6 +43,7 @@ def confusion(y: np.ndarray, pred: np.ndarray, labels: list) -> Figure:
             ax=axis, colorbar=False, values_format=fmt, cmap="Blues"
         )
         axis.set_title(f"confusion matrix ({title})")
+        axis.grid(False)  # the style's grid would cross the cells
     figure.tight_layout()
     return figure
 

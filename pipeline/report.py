@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 STYLE = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 60rem; margin: 2rem auto;
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 78rem; margin: 2rem auto;
        padding: 0 1rem; color: #222; line-height: 1.45; }
 h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; border-bottom: 1px solid #ccc; margin-top: 2rem; }
 table { border-collapse: collapse; margin: .5rem 0; font-size: .9rem; }
@@ -23,6 +23,7 @@ td, th { border: 1px solid #ddd; padding: .2rem .5rem; text-align: left; }
 .winner { font-weight: bold; } .headline { font-size: 1.05rem; background: #f4f6f8; padding: .75rem; }
 img { max-width: 100%; page-break-inside: avoid; } pre { background: #f4f6f8; padding: .5rem;
 white-space: pre-wrap; word-break: break-all; font-size: .8rem; }
+.row { display: flex; flex-wrap: wrap; gap: 1.25rem; align-items: flex-start; }
 @media print { h2 { page-break-after: avoid; } }
 """
 
@@ -53,8 +54,23 @@ def _image(figure: Any) -> str:
     return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
+def _side_by_side(*parts: str) -> str:
+    return '<div class="row">' + "".join(f"<div>{p}</div>" for p in parts if p) + "</div>"
+
+
+def _columns(rows: list[list[Any]], most: int) -> list[list[list[Any]]]:
+    """Long tables split into up to `most` side-by-side chunks, so the page stays short."""
+    size = max(12, -(-len(rows) // most))
+    return [rows[i : i + size] for i in range(0, len(rows), size)] or [[]]
+
+
+def _sizes(sizes: dict[str, int]) -> str:
+    return ", ".join(f"{split} {n}" for split, n in sizes.items())
+
+
 def _section(title: str, *parts: str) -> str:
-    return f"<section><h2>{_e(title)}</h2>{''.join(p for p in parts if p)}</section>"
+    anchor = "-".join(title.lower().replace(",", "").split())
+    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{"".join(p for p in parts if p)}</section>'
 
 
 def headline(result: Any) -> str:
@@ -62,7 +78,8 @@ def headline(result: Any) -> str:
     what = f"{prepared.name} ({prepared.task}, {prepared.card['rows_used']} rows)" if prepared else "the data"
     parts = [f"Stages {', '.join(result.stages)} on {what}, judged by {result.objective.metric}."]
     if "evaluate" in outputs:
-        parts.append(f"Winner: <b>{_e(outputs['evaluate'].winner)}</b>. {_e(outputs['evaluate'].verdict)}.")
+        verdict = outputs["evaluate"].verdict
+        parts.append(f"Winner: <b>{_e(outputs['evaluate'].winner)}</b>: {_e(verdict)}.")
     if "register" in outputs:
         d = outputs["register"]
         parts.append(f"Registered <b>{_e(d.model_name)} v{_e(d.version)}</b> as <b>{_e(d.alias)}</b>.")
@@ -77,11 +94,14 @@ def data_section(prepared: Any) -> str:
     return _section(
         "Data",
         f"<p>{card['rows']} rows ({card['rows_used']} used), {card['columns']} columns; target "
-        f"<code>{_e(card['target'])}</code>, {_e(card['task'])}; splits {_e(card['split_sizes'])} "
+        f"<code>{_e(card['target'])}</code>, {_e(card['task'])}; splits {_e(_sizes(card['split_sizes']))} "
         f"({_e(card['split_strategy'])}).</p>",
-        _table(["feature", "type", "missing"], features),
-        _table(
-            ["class" if "class_balance" in card else "target", "value"], [[k, v] for k, v in balance.items()]
+        _side_by_side(
+            *[_table(["feature", "type", "missing"], chunk) for chunk in _columns(features, 3)],
+            _table(
+                ["class" if "class_balance" in card else "target", "value"],
+                [[k, v] for k, v in balance.items()],
+            ),
         ),
         _table(["dropped column", "why"], dropped) if dropped else "<p>No column was dropped.</p>",
         "<ul>" + "".join(f"<li>{_e(w)}</li>" for w in card["warnings"]) + "</ul>" if card["warnings"] else "",
@@ -113,11 +133,13 @@ def search_section(tuned_by_family: dict[str, Any], maximize: bool) -> str:
         params = [[k, v] for k, v in tuned.best_values.items()]
         importances = [[k, v] for k, v in sorted(tuned.importances.items(), key=lambda kv: -kv[1])]
         parts += [
-            f"<h3>{_e(family)}</h3><p>{sum(tuned.counts.values())} trials {_e(tuned.counts)}; best value "
+            f"<h3>{_e(family)}</h3><p>{_e(tuned.describe_trials())}; best value "
             f"{tuned.best_value:.4g} (trial {tuned.best_trial}).</p>",
-            _image(_best_so_far(tuned, family, maximize)),
-            _table(["best parameter", "value"], params),
-            _table(["parameter", "importance"], importances) if importances else "",
+            _side_by_side(
+                _image(_best_so_far(tuned, family, maximize)),
+                _table(["best parameter", "value"], params),
+                _table(["parameter", "importance"], importances) if importances else "",
+            ),
         ]
     return _section("The search, per family", *parts)
 
@@ -149,7 +171,7 @@ def evaluation_section(evaluation: Any) -> str:
     figures = "".join(_image(f) for f in evaluation.figures.values())
     return _section(
         "Evaluation",
-        _table(columns, rows),
+        _table([c.replace("_", " ") for c in columns], rows),  # spaces let long metric names wrap
         _table(
             [f"{evaluation.winner} against", f"difference in test {evaluation.objective}", "95% interval"],
             comparisons,

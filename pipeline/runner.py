@@ -105,9 +105,10 @@ def _run(
         if recorder.enabled:
             from pipeline.report import build_report
 
-            parent.files(
-                {"report.html": build_report(result, git, digest, int(cfg.seed), int(cfg.serve.port))}
-            )
+            building = time.perf_counter()
+            page = build_report(result, git, digest, int(cfg.seed), int(cfg.serve.port))
+            parent.files({"report.html": page})
+            parent.log(metrics={"report_seconds": time.perf_counter() - building})
     result.seconds = time.perf_counter() - started
     return result
 

@@ -46,8 +46,9 @@ def _winner_lines(result: Any) -> list[tuple[str, str]]:
 def _tuning(result: Any) -> list[tuple[str, str]]:
     metric, rows = result.objective.metric, []
     for family, tuned in result.outputs["tune"].items():
-        trials = f"{sum(tuned.counts.values())} trials {tuned.counts}"
-        rows.append((f"tune {family}", f"{trials}, best val {metric} {tuned.best_value:.4f}"))
+        rows.append(
+            (f"tune {family}", f"{tuned.describe_trials()}, best val {metric} {tuned.best_value:.4f}")
+        )
     return rows
 
 

@@ -55,6 +55,11 @@ class TuneResult:
     trials: list[dict[str, Any]] = field(default_factory=list)  # number, state, value of each
     importances: dict[str, float] = field(default_factory=dict)  # Optuna's, by parameter
 
+    def describe_trials(self) -> str:
+        """'12 trials: 7 complete, 5 pruned'."""
+        states = ", ".join(f"{n} {state.lower()}" for state, n in sorted(self.counts.items()))
+        return f"{sum(self.counts.values())} trials: {states}"
+
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "tune.json").write_text(json.dumps(asdict(self), indent=2, default=str))
