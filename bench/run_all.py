@@ -18,7 +18,15 @@ import time
 
 from bench.common import RESULTS, ROOT, fmt, markdown_table, verdict
 
-BENCHMARKS = ("training_speed", "tracking_overhead", "tuning", "table_scale", "serving", "postgres_workers")
+BENCHMARKS = (
+    "vs_plain",
+    "training_speed",
+    "tracking_overhead",
+    "tuning",
+    "table_scale",
+    "serving",
+    "postgres_workers",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

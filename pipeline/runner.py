@@ -102,7 +102,7 @@ def _run(
         for name in stages:
             _run_stage(stage(name), cfg, invocation, recorder, result)
         record_outcome(parent, stages, result.outputs, result.run_ids, objective)
-        if recorder.enabled:
+        if recorder.enabled and cfg.tracking.report:
             from pipeline.report import build_report
 
             building = time.perf_counter()

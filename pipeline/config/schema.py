@@ -167,6 +167,7 @@ class TrackingConfig:
     connect_timeout: float | None = (
         10.0  # seconds to reach the store before giving up; None: MLflow's patience
     )
+    report: bool = True  # report.html on the pipeline run
 
 
 @dataclass
