@@ -93,7 +93,10 @@ def main(cfg: DictConfig) -> float | None:
         validate(cfg)  # before the heavy imports: a bad value is reported in a second
     except PipelineError as exc:
         _fail(exc)
+    from pipeline.console import say
     from pipeline.tuning.workers import start_workers
+
+    say(f"running {', '.join(cfg.stages)} on {cfg.data.name}; families: {', '.join(cfg.candidates)}")
 
     # before the stages' imports (seconds): spawned tuning workers import at the same time
     pool = start_workers(cfg)

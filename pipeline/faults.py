@@ -34,6 +34,7 @@ STORE_MESSAGES = {
         READ_ONLY_FIX,
     ),
 }
+STORE_NOTE = " (tracking.uri sets the store's folder)"  # after the fix for a path in the store
 # below this, a folder cannot take even Hydra's config files and the log: refused before Hydra
 MIN_FREE_BYTES = 1 << 20
 PROBE_BYTES = 64 << 10  # written by check_writable: a full disk or quota refuses it, not 0 bytes
@@ -49,7 +50,8 @@ def explain(exc: BaseException, store: str | None = None) -> str | None:
             # a copy names its source first and the file it failed to write second
             where = seen.filename2 or seen.filename or _file_being_written(seen) or "a file"
             verb = "open" if seen.errno in DENIED else "write"  # a read may be denied too
-            return f"cannot {verb} {where}: {WRITE_ERRORS[seen.errno]}; {_fix(seen.errno)}"
+            fix = _fix(seen.errno) + (STORE_NOTE if _inside_store(where, store) else "")
+            return f"cannot {verb} {where}: {WRITE_ERRORS[seen.errno]}; {fix}"
         text = str(seen).lower()
         for message, (cause, fix) in STORE_MESSAGES.items():
             if message in text:
@@ -57,6 +59,14 @@ def explain(exc: BaseException, store: str | None = None) -> str | None:
                 return f"cannot write {where}: {cause}; {fix} or set tracking.uri to a writable store"
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _inside_store(where: object, store: str | None) -> bool:
+    """Whether a path lies in the folder of a local store (its database, locks, artifacts)."""
+    where = os.fspath(where) if isinstance(where, os.PathLike) else where
+    if not store or "://" in store or not isinstance(where, str):
+        return False
+    return Path(where).is_relative_to(Path(store).parent)
 
 
 def _fix(code: int) -> str:

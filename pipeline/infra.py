@@ -187,12 +187,36 @@ class TrackingServer:
         )
         return write_private(folder / "basic_auth.ini", text)
 
+    def _admin(self, database: Path) -> None:
+        """The admin user, written before the server starts, with a one-round PBKDF2 hash: the
+        server checks the password on every request, and its default hash (scrypt, ~75 ms a
+        check) adds seconds to every pipeline run. Key stretching protects guessable passwords;
+        this one is 192 random bits, which no guessing reaches either way."""
+        import sqlite3
+
+        from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+        from werkzeug.security import generate_password_hash
+
+        store = SqlAlchemyStore()
+        store.init_db(f"sqlite:///{database}")
+        if not store.has_user(self.username):
+            store.create_user(self.username, self.password, is_admin=True)
+        elif not store.authenticate_user(self.username, self.password):
+            return  # another password is set there: leave it to the server's own rules
+        with sqlite3.connect(database) as connection:
+            connection.execute(
+                "UPDATE users SET password_hash = ? WHERE username = ?",
+                (generate_password_hash(self.password, method="pbkdf2:sha256:1"), self.username),
+            )
+        os.chmod(database, 0o600)
+
     def start(self, timeout: float = 120.0) -> TrackingServer:
         mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
         folder = Path(self.artifacts).parent
         self.log = self.log or str(folder / "mlflow-server.log")
         self.password = self.password or secrets.token_urlsafe(24)
         Path(self.artifacts).mkdir(parents=True, exist_ok=True)
+        self._admin(folder / "basic_auth.db")
         env = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -3,6 +3,8 @@ predicted-vs-actual and residuals. Each function returns a matplotlib Figure."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never open a window
@@ -55,8 +57,8 @@ def _per_class(y: np.ndarray, proba: np.ndarray, labels: list) -> list[tuple[str
 
 
 def roc_pr(y: np.ndarray, proba: np.ndarray, labels: list) -> dict[str, Figure]:
-    roc, roc_axis = plt.subplots(figsize=(5, 4.5))
-    pr, pr_axis = plt.subplots(figsize=(5, 4.5))
+    roc, roc_axis = plt.subplots(figsize=(5, 4.5), layout="tight")
+    pr, pr_axis = plt.subplots(figsize=(5, 4.5), layout="tight")
     for name, truth, score in _per_class(y, proba, labels):
         if truth.min() == truth.max():
             continue
@@ -80,7 +82,7 @@ def calibration(y: np.ndarray, proba: np.ndarray, bins: int) -> Figure:
             centers.append(confidence[mask].mean())
             accuracy.append(correct[mask].mean())
             counts.append(mask.sum())
-    figure, axis = plt.subplots(figsize=(5, 4.5))
+    figure, axis = plt.subplots(figsize=(5, 4.5), layout="tight")
     axis.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfectly calibrated")
     axis.plot(centers, accuracy, "o-", label="model")
     axis.set_xlabel("confidence (top class probability)")
@@ -91,7 +93,7 @@ def calibration(y: np.ndarray, proba: np.ndarray, bins: int) -> Figure:
 
 
 def regression(y: np.ndarray, pred: np.ndarray) -> dict[str, Figure]:
-    scatter, axis = plt.subplots(figsize=(5, 4.5))
+    scatter, axis = plt.subplots(figsize=(5, 4.5), layout="tight")
     axis.scatter(y, pred, s=10, alpha=0.6)
     low, high = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
     axis.plot([low, high], [low, high], "k--", linewidth=1)
@@ -109,3 +111,50 @@ def regression(y: np.ndarray, pred: np.ndarray) -> dict[str, Figure]:
     residual_figure.suptitle("residuals")
     residual_figure.tight_layout()
     return {"predicted_vs_actual.png": scatter, "residuals.png": residual_figure}
+
+
+def search_history(trials: list[dict[str, Any]], maximize: bool) -> Figure:
+    """Each finished trial's validation value and the best so far."""
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    done = [(t["number"], t["value"]) for t in trials if t["value"] is not None]
+    if done:
+        numbers, values = zip(*done, strict=True)
+        best = np.maximum.accumulate(values) if maximize else np.minimum.accumulate(values)
+        axis.scatter(numbers, values, s=14, label="trial")
+        axis.step(numbers, best, where="post", color="tab:red", label="best so far")
+        axis.legend()
+    axis.set_xlabel("trial")
+    axis.set_ylabel("validation value")
+    axis.set_title("search history")
+    figure.tight_layout()
+    return figure
+
+
+def param_importances(importances: dict[str, float]) -> Figure:
+    """Optuna's importances (already computed by the tune stage), largest on top."""
+    ordered = sorted(importances.items(), key=lambda kv: kv[1])
+    figure, axis = plt.subplots(figsize=(6, 0.9 + 0.3 * len(ordered)))
+    axis.barh([k for k, _ in ordered], [v for _, v in ordered])
+    axis.set_xlabel("importance")
+    axis.set_title("parameter importances")
+    figure.tight_layout()
+    return figure
+
+
+def intermediate_values(curves: dict[int, dict[int, float]], pruned: set[int]) -> Figure:
+    """Every trial's validation value per epoch (pruned trials dashed)."""
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for number, values in curves.items():
+        steps = sorted(values)
+        axis.plot(
+            [s + 1 for s in steps],
+            [values[s] for s in steps],
+            linestyle="--" if number in pruned else "-",
+            linewidth=1,
+            alpha=0.8,
+        )
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation value")
+    axis.set_title("trials per epoch (dashed: pruned)")
+    figure.tight_layout()
+    return figure

@@ -101,7 +101,9 @@ def test_a_tampered_model_is_refused_by_serving_predict_and_the_gate(
 
     from pipeline.ports import free_port
 
-    served = _cli(store, tmp_path, "pipeline.serving", "serve", "--port", str(free_port()), "data=breast_cancer")
+    served = _cli(
+        store, tmp_path, "pipeline.serving", "serve", "--port", str(free_port()), "data=breast_cancer"
+    )
     assert "code/pipeline/serving/packaging.py was changed" in _one_error(served)
     predicted = _cli(
         store,

@@ -249,7 +249,9 @@ def test_passwords_never_appear_in_what_is_written_or_printed(infra, tmp_path):
     with a password, a credentials file), for a run that succeeds, for unreachable hosts and for
     a wrong password: not in any output, log, the store's tables or the artifacts."""
     cluster, server = infra
-    db_password = Path(cluster.passfile).read_text().strip().rsplit(":", 1)[1]  # as a user would put it in a URL
+    db_password = (
+        Path(cluster.passfile).read_text().strip().rsplit(":", 1)[1]
+    )  # as a user would put it in a URL
     storage = cluster.database_url("optuna").replace(f"{cluster.user}@", f"{cluster.user}:{db_password}@")
     closed = free_port()
     overrides = ["tracking.experiment=masking", "tune.n_trials=2", "tune.epochs=2", "train.epochs=2"]

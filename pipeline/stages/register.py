@@ -195,14 +195,10 @@ def register(
 ) -> Decision:
     """Create the version, decide its alias behind the gate, and settle races with others. Every
     version gets a decision tag: its alias, `interrupted` (Ctrl-C, SIGTERM) or `failed` (an
-    error) here, and `interrupted` from the next registration when its process was killed."""
+    error) here, and from the next registration when its process was killed."""
     with _lock(store_dir, name):
-        for left in registry.undecided_versions(name, DECISION_TAG):
-            registry.tag_version(name, left, {DECISION_TAG: "interrupted"})
-            say(
-                f"register: {name} v{left} was left without a decision by an interrupted registration; "
-                f"tagged {DECISION_TAG}=interrupted"
-            )
+        for left, alias in registry.undecided_versions(name, DECISION_TAG).items():
+            _record_left(name, left, alias)
         version = registry.create_version(name, model_uri, {**tags, **registry.registering_tags()})
         try:
             decision = decide(reg, name, version, new_score, prepared, objective)
@@ -216,6 +212,20 @@ def register(
             name, version, {DECISION_TAG: decision.alias, "registry.reason": decision.reason}
         )
     return decision
+
+
+def _record_left(name: str, version: str, alias: str | None) -> None:
+    """Tag a version a killed registration left without a decision: `interrupted`, or the alias
+    it holds when it was killed after setting it (that was the gate's decision)."""
+    decision = alias or "interrupted"
+    tags = {DECISION_TAG: decision}
+    if alias:
+        tags["registry.reason"] = "its registration was killed after the gate set this alias"
+    registry.tag_version(name, version, tags)
+    say(
+        f"register: {name} v{version} was left without a decision by an interrupted registration; "
+        f"tagged {DECISION_TAG}={decision}"
+    )
 
 
 def _record_cut_short(name: str, version: str, exc: BaseException) -> None:

@@ -268,7 +268,7 @@ def record(run: Any, result: TuneResult, call: StageCall) -> None:
         },
     )
     run.files({"trials.csv": trials_frame(study).to_csv(index=False)})
-    run.figures(study_figures(study))
+    run.figures(study_figures(study, result.trials, result.importances))
 
 
 STAGE = Stage(

@@ -110,7 +110,7 @@ class StageRecord:
 
         with tempfile.TemporaryDirectory() as tmp:
             for name, figure in figures.items():
-                figure.savefig(Path(tmp) / name, dpi=110, bbox_inches="tight")
+                figure.savefig(Path(tmp) / name, dpi=100)  # each figure lays itself out
                 plt.close(figure)
             MlflowClient().log_artifacts(self.run_id, tmp, artifact_path="plots")
 

@@ -108,25 +108,24 @@ def registering_tags() -> dict[str, str]:
     return {REGISTERING_PID: process_tags()["pid"], REGISTERING_HOST: process_tags()["host"]}
 
 
-def undecided_versions(name: str, decision_tag: str = "registry.decision") -> list[str]:
-    """Versions with no alias and no recorded decision whose registration was cut short: the
-    process that created them is gone (or, on another machine, it began long ago). Those
-    registered before decisions were recorded carry no digest tag and are left alone."""
+def undecided_versions(name: str, decision_tag: str = "registry.decision") -> dict[str, str | None]:
+    """Versions with no recorded decision whose registration was cut short, with the alias each
+    holds (None: none; one killed after its alias was set holds it): the process that created
+    them is gone (or, on another machine, it began long ago). Those registered before decisions
+    were recorded carry no digest tag and are left alone."""
     client = MlflowClient()
     try:
         # a search leaves every version's aliases empty: the registered model holds them
-        held = {str(v) for v in client.get_registered_model(name).aliases.values()}
+        held = {str(v): alias for alias, v in client.get_registered_model(name).aliases.items()}
         versions = client.search_model_versions(f"name = '{name}'")
     except mlflow.exceptions.MlflowException:
-        return []  # no such model yet
-    left = [
-        v
-        for v in versions
-        if str(v.version) not in held
-        and decision_tag not in (v.tags or {})
-        and "model.sha256" in (v.tags or {})
-    ]
-    return sorted((str(v.version) for v in left if _abandoned(v)), key=int)
+        return {}  # no such model yet
+    left = [v for v in versions if decision_tag not in (v.tags or {}) and "model.sha256" in (v.tags or {})]
+    return {
+        str(v.version): held.get(str(v.version))
+        for v in sorted(left, key=lambda v: int(v.version))
+        if _abandoned(v)
+    }
 
 
 def _abandoned(version: Any) -> bool:

@@ -66,10 +66,14 @@ def probe(
 
 def _probe_http(uri: str, timeout: float) -> None:
     import urllib.error
+    import urllib.parse
     import urllib.request
 
+    # urllib takes `user:password@` for a part of the host name; the health check needs neither
+    parts = urllib.parse.urlsplit(uri)
+    url = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], path=f"{parts.path.rstrip('/')}/health")
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+        with urllib.request.urlopen(urllib.parse.urlunsplit(url), timeout=timeout):
             return
     except urllib.error.HTTPError:
         return  # it answered (401 without credentials, 404 behind a proxy): it is reachable
@@ -142,10 +146,12 @@ def _store_error(exc: Exception, resolved: str, store_dir: Path | None) -> Excep
     where = resolved[len("sqlite:///") :] if store_dir is not None else mask(resolved)
     if (line := explain(exc, where)) is not None:
         return PipelineError(line)
-    if isinstance(exc, mlflow.exceptions.MlflowException):
-        first = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    driver = "OperationalError" in type(exc).__name__
+    # a local database's own error (e.g. locked by another program) says more than "reach"
+    if isinstance(exc, mlflow.exceptions.MlflowException) or (driver and store_dir is not None):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return PipelineError(f"cannot use the MLflow store at {mask(resolved)}: {mask(first)[:300]}")
-    if "Connection" in type(exc).__name__ or "OperationalError" in type(exc).__name__:
+    if driver or "Connection" in type(exc).__name__:
         return PipelineError(
             f"cannot reach the MLflow store at {mask(resolved)}; start it (make server) or set tracking.uri"
         )
@@ -179,18 +185,20 @@ def run_scope(
     try:
         yield active
     except KeyboardInterrupt:
-        _end(active.info.run_id, "KILLED")
+        _end(active.info.run_id, experiment_id, "KILLED")
         raise
     except BaseException as exc:
-        _end(active.info.run_id, "FAILED", f"{type(exc).__name__}: {mask(str(exc))}"[:5000])
+        _end(active.info.run_id, experiment_id, "FAILED", f"{type(exc).__name__}: {mask(str(exc))}"[:5000])
         raise
     else:
         mlflow.end_run("FINISHED")
 
 
-def _end(run_id: str, status: str, error: str | None = None) -> None:
-    """End a run after a failure, as far as the store can still be written (a full disk may not
-    let it); the failure itself is what the person needs to see."""
+def _end(run_id: str, experiment_id: str, status: str, error: str | None = None) -> None:
+    """End a run after a failure, and the runs this process opened under it and left running
+    (a tuning trial whose study could not record it: a full disk under the journal), as far as
+    the store can still be written; the failure itself is what the person needs to see."""
+    _end_children(run_id, experiment_id, status)
     try:
         if error:
             mlflow.set_tag("error", error)
@@ -202,6 +210,17 @@ def _end(run_id: str, status: str, error: str | None = None) -> None:
                 mlflow.end_run(status)
             except Exception:  # noqa: BLE001
                 break
+
+
+def _end_children(run_id: str, experiment_id: str, status: str) -> None:
+    client = MlflowClient()
+    mine = f"tags.mlflow.parentRunId = '{run_id}' and tags.pid = '{os.getpid()}'"
+    try:
+        for child in client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and {mine}"):
+            client.set_tag(child.info.run_id, "error", f"its parent run ended {status} while it ran")
+            client.set_terminated(child.info.run_id, status)
+    except Exception as exc:  # noqa: BLE001 - the next invocation reaps them once this process is gone
+        log.warning("could not end the runs under run %s: %s", run_id, exc)
 
 
 def reap_orphaned_runs(experiment_id: str) -> list[str]:

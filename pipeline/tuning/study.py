@@ -240,31 +240,21 @@ def trials_frame(study: optuna.Study) -> Any:
     return study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
 
 
-def study_figures(study: optuna.Study) -> dict[str, Any]:
-    """Optuna's plots as matplotlib figures (PNG artifacts render offline in the MLflow UI, where
-    plotly's HTML pages would load plotly from its CDN)."""
-    import logging
-    import warnings
+def study_figures(
+    study: optuna.Study, trials: list[dict[str, Any]], importances: dict[str, float]
+) -> dict[str, Any]:
+    """The search as PNG figures (they render offline in the MLflow UI, where plotly's HTML pages
+    would load plotly from its CDN); the importances are the ones the tune stage computed."""
+    from optuna.trial import TrialState
 
-    import matplotlib
+    from pipeline import plots
 
-    matplotlib.use("Agg")
-    from optuna.visualization import matplotlib as vis
-
-    plots = {
-        "optimization_history.png": vis.plot_optimization_history,
-        "param_importances.png": vis.plot_param_importances,
-        "parallel_coordinate.png": vis.plot_parallel_coordinate,
-        "intermediate_values.png": vis.plot_intermediate_values,
-    }
-    figures = {}
-    for name, plot in plots.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the matplotlib backend is marked experimental
-                axes = plot(study)
-            first = axes.flat[0] if hasattr(axes, "flat") else axes
-            figures[name] = first.figure
-        except Exception as exc:  # noqa: BLE001 - e.g. importances need two finished trials
-            logging.getLogger(__name__).info("skipped %s: %s", name, exc)
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    figures = {"optimization_history.png": plots.search_history(trials, study.direction.name == "MAXIMIZE")}
+    if importances:
+        figures["param_importances.png"] = plots.param_importances(importances)
+    curves = {t.number: t.intermediate_values for t in finished if t.intermediate_values}
+    if curves:
+        pruned = {t.number for t in finished if t.state == TrialState.PRUNED}
+        figures["intermediate_values.png"] = plots.intermediate_values(curves, pruned)
     return figures

@@ -96,10 +96,10 @@ def _run_spawned(job: WorkerJob, parent: int) -> None:
         sys.exit(143)
 
 
-def _wait_for_job(jobs: Any, parent: int) -> None:
+def _wait_for_jobs(jobs: Any, finished: Any, parent: int) -> None:
     """Entry point of a pooled worker: pay the one-off costs of a first trial (imports, torch's
-    first optimizer and backward pass), then wait for a job (or None: the pipeline ended before
-    tuning). All of it happens while the pipeline reads and prepares the data."""
+    first optimizer and backward pass) while the pipeline reads and prepares the data, then run
+    the jobs it is given, one study after another (one per family), until None."""
     follow_parent(parent)
     try:
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the store a first run opens
@@ -107,9 +107,10 @@ def _wait_for_job(jobs: Any, parent: int) -> None:
         from pipeline.training.setup import warm_up
 
         warm_up()
-        job = jobs.get()
-        if job is not None:
+        while (given := jobs.get()) is not None:
+            number, job = given
             run_job(job)
+            finished.put(number)
     except KeyboardInterrupt:
         sys.exit(143)  # SIGTERM: the trial was ended on the way out
 
@@ -131,44 +132,73 @@ def _start(processes: list[Any]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
+class PooledRun:
+    """A job running in a pooled process: alive until the process reports the job finished (the
+    process itself stays, for the next study) or dies."""
+
+    def __init__(self, process: Any, finished: Any, number: int):
+        self.process, self._finished, self._number, self._done = process, finished, number, False
+
+    def is_alive(self) -> bool:
+        # an earlier job's report may still be queued (its study ended without waiting for it)
+        while not self._done and not self._finished.empty():
+            self._done = self._finished.get() >= self._number
+        return not self._done and self.process.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        ends = None if timeout is None else time.monotonic() + timeout
+        while self.is_alive() and (ends is None or time.monotonic() < ends):
+            time.sleep(0.1)
+
+    def terminate(self) -> None:
+        self.process.terminate()
+
+
 class WorkerPool:
     """Worker processes spawned (not forked) as the command starts, so the seconds each spends
     importing torch, MLflow and Optuna and warming up pass while the main process imports, reads
-    and prepares the data, instead of delaying the study's second worker."""
+    and prepares the data, instead of delaying the study's second worker. They serve every
+    study of the command (one per family) without starting again."""
 
     def __init__(self, count: int):
         context = multiprocessing.get_context("spawn")
-        # a Queue, not a SimpleQueue: put() hands the (large) job to a feeder thread instead of
+        # Queues, not SimpleQueues: put() hands the (large) job to a feeder thread instead of
         # blocking until a worker still importing reads it
         self._jobs = [context.Queue() for _ in range(count)]
-        for jobs in self._jobs:
-            jobs.cancel_join_thread()  # exiting never waits on a worker that is gone
+        self._finished = [context.Queue() for _ in range(count)]
+        for queue in self._jobs + self._finished:
+            queue.cancel_join_thread()  # exiting never waits on a worker that is gone
         self.processes = [
             context.Process(
-                target=_wait_for_job, args=(jobs, os.getpid()), daemon=True, name=f"tune-worker-{i + 1}"
+                target=_wait_for_jobs,
+                args=(jobs, finished, os.getpid()),
+                daemon=True,
+                name=f"tune-worker-{i + 1}",
             )
-            for i, jobs in enumerate(self._jobs)
+            for i, (jobs, finished) in enumerate(zip(self._jobs, self._finished, strict=True))
         ]
         _start(self.processes)
-        self._given = 0
+        self._given = 0  # jobs handed out so far: each one's number
+        self._closed = False
 
     def __len__(self) -> int:
-        return len(self.processes) - self._given
+        return 0 if self._closed else sum(p.is_alive() for p in self.processes)
 
-    def give(self, jobs: list[WorkerJob]) -> list[Any]:
-        """Hand each job to a waiting process; returns those processes."""
+    def give(self, jobs: list[WorkerJob]) -> list[PooledRun]:
+        """Hand each job to a pooled process (they are idle between studies); returns the runs."""
         given = []
-        for job in jobs:
-            self._jobs[self._given].put(job)
-            given.append(self.processes[self._given])
+        for index, job in enumerate(jobs):
             self._given += 1
+            self._jobs[index].put((self._given, job))
+            given.append(PooledRun(self.processes[index], self._finished[index], self._given))
         return given
 
     def close(self) -> None:
-        """Let the processes that got no job exit."""
-        for jobs in self._jobs[self._given :]:
-            jobs.put(None)
-        self._given = len(self._jobs)
+        """Let the processes exit."""
+        if not self._closed:
+            for jobs in self._jobs:
+                jobs.put(None)
+        self._closed = True
 
 
 def start_workers(cfg: DictConfig) -> WorkerPool | None:
