@@ -21,6 +21,8 @@ INPUT ?=
 OUTPUT ?= predictions.csv
 RUN ?=
 PYTEST_ARGS ?=
+# test processes; each takes whole files, so a file's shared fixtures are built once (--dist loadfile)
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install pipeline prepare tune train evaluate register test test-fast lint format ui \
@@ -53,10 +55,10 @@ register: ## register alone
 	$(PY) -m pipeline stages=[register] $(ARGS)
 
 test: ## every test (what CI runs)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: ## the quick tests, for the inner loop
-	$(BIN)/pytest -m "not slow" -x -q $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" -x -q $(PYTEST_ARGS)
 
 lint: ## ruff lint and format check
 	$(BIN)/ruff check pipeline tests bench

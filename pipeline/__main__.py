@@ -94,12 +94,18 @@ def main(cfg: DictConfig) -> float | None:
     except PipelineError as exc:
         _fail(exc)
     from pipeline.console import say
+    from pipeline.data.inspection import read_and_inspect
     from pipeline.tuning.workers import start_workers
 
     say(f"running {', '.join(cfg.stages)} on {cfg.data.name}; families: {', '.join(cfg.candidates)}")
-
-    # before the stages' imports (seconds): spawned tuning workers import at the same time
+    # first: spawned tuning workers import and warm up while this process does the rest
     pool = start_workers(cfg)
+    try:
+        source = read_and_inspect(cfg.data)  # a bad table is reported before the heavy imports
+    except PipelineError as exc:
+        if pool is not None:
+            pool.close()
+        _fail(exc)
     from pipeline.console import quiet_libraries
     from pipeline.runner import run_pipeline
     from pipeline.summary import summary_lines
@@ -108,7 +114,9 @@ def main(cfg: DictConfig) -> float | None:
     progress = sys.stderr.isatty() if cfg.progress is None else bool(cfg.progress)
     explicit = explicit_keys(HydraConfig.get().overrides.task)
     try:
-        result = run_pipeline(cfg, progress=progress, pool=pool, checked=True, explicit=explicit)
+        result = run_pipeline(
+            cfg, progress=progress, pool=pool, checked=True, explicit=explicit, source=source
+        )
     except PipelineError as exc:
         _fail(exc)
     except KeyboardInterrupt:

@@ -224,6 +224,7 @@ class TrackingServer:
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
             "MLFLOW_AUTH_ADMIN_PASSWORD": self.password,  # read on the first start only
             "PYTHONWARNINGS": "ignore",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # GenAI job runners: processes it never uses
             **({"PGPASSFILE": self.passfile} if self.passfile else {}),
         }
         command = [

@@ -45,13 +45,17 @@ def _fmt(value: Any) -> str:
 
 
 def _image(figure: Any) -> str:
-    """A figure as an inline PNG (closed afterwards)."""
+    """A figure (closed afterwards), or a PNG drawn already, as an inline image."""
     import matplotlib.pyplot as plt
 
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(figure)
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+    if isinstance(figure, bytes):
+        png = figure
+    else:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=90)
+        plt.close(figure)
+        png = buffer.getvalue()
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
 def _side_by_side(*parts: str) -> str:
@@ -111,7 +115,7 @@ def data_section(prepared: Any) -> str:
 def _best_so_far(tuned: Any, family: str, maximize: bool) -> Any:
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(5, 3))
+    figure, axis = plt.subplots(figsize=(5, 3), layout="tight")
     numbers, values, best = [], [], None
     for trial in tuned.trials:
         if trial["value"] is None:

@@ -14,9 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import PipelineConfig
 from pipeline.console import quiet_libraries
+from pipeline.data.identity import prepared_digest
+from pipeline.data.read import read_source
 from pipeline.errors import PipelineError
 from pipeline.runner import PipelineResult, run_pipeline
-from pipeline.stages.prepare import prepared_digest, read_source
 from pipeline.tracking.provenance import git_state, mask
 from pipeline.tracking.store import tracking_uri as resolve_tracking_uri
 

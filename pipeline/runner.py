@@ -43,31 +43,40 @@ def run_pipeline(
     pool: Any = None,
     checked: bool = False,
     explicit: set[str] | frozenset[str] = frozenset(),
+    source: tuple[Any, Any] | None = None,
 ) -> PipelineResult:
     """Run the chosen stages; errors end every open run FAILED or KILLED. `checked`: the caller
     has validated `cfg` already. `pool`: tuning workers the caller started early; closed here.
-    `explicit`: the keys set on the command line, which beat tuned values."""
+    `explicit`: the keys set on the command line, which beat tuned values. `source`: the data
+    set as `read_and_inspect` returns it, when the caller has read it already."""
     started = time.perf_counter()
     try:
         if not checked:
             from pipeline.config import validate
 
             validate(cfg)
-        return _run(cfg, [s for s in ORDER if s in cfg.stages], started, progress, pool, frozenset(explicit))
+        stages = [s for s in ORDER if s in cfg.stages]
+        return _run(cfg, stages, started, progress, pool, frozenset(explicit), source)
     finally:
         if pool is not None:
             pool.close()
 
 
 def _run(
-    cfg: DictConfig, stages: list[str], started: float, progress: bool, pool: Any, explicit: frozenset[str]
+    cfg: DictConfig,
+    stages: list[str],
+    started: float,
+    progress: bool,
+    pool: Any,
+    explicit: frozenset[str],
+    given: tuple[Any, Any] | None,
 ) -> PipelineResult:
-    from pipeline.data.inspection import inspect
-    from pipeline.stages.prepare import prepared_digest, read_source
+    from pipeline.data.identity import prepared_digest
+    from pipeline.data.inspection import read_and_inspect
 
     apply_credentials(cfg.tracking.credentials)
-    source = read_source(cfg.data)
-    inspected = inspect(source, cfg.data)  # the task decides the objective before any stage
+    # the task decides the objective before any stage
+    source, inspected = given if given is not None else read_and_inspect(cfg.data)
     objective = resolve_objective(cfg.objective.metric, cfg.objective.direction, inspected[1].task)
     result = PipelineResult(stages=stages, objective=objective)
     data_digest = prepared_digest(source.source_digest, cfg.data, cfg.seed)

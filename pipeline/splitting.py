@@ -7,7 +7,6 @@ import hashlib
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupShuffleSplit, train_test_split
 
 from pipeline.errors import DataError
 
@@ -39,6 +38,8 @@ def split_rows(
     time: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Positional row indices of each split."""
+    from sklearn.model_selection import GroupShuffleSplit, train_test_split  # a second to import
+
     rows = np.arange(len(frame))
     if strategy in ("random", "stratified"):
         # sorted integer codes stratify exactly as the labels do, without comparing strings

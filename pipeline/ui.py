@@ -15,7 +15,10 @@ QUIET_SERVER = "ignore::DeprecationWarning,ignore::FutureWarning,ignore::UserWar
 
 
 def server_environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONWARNINGS": QUIET_SERVER}
+    """An MLflow server's environment: quiet, and without MLflow's job runner (for GenAI judges and
+    trace roll-ups, which this project does not use), a handful of processes that start with the
+    server and cost seconds of CPU and memory each."""
+    return {**os.environ, "PYTHONWARNINGS": QUIET_SERVER, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def main() -> None:

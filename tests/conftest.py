@@ -94,3 +94,9 @@ def run_cli(store: str, tmp_path: Path) -> Callable[..., subprocess.CompletedPro
         return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
     return run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first: with `pytest -n`, a long test that started last would keep one
+    worker busy while the other sits idle at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -55,16 +55,23 @@ def test_a_worker_with_other_fixed_values_is_refused(make_cfg):
         run_pipeline(make_cfg(*named, "train.lr=0.002"), explicit={"train.lr"})
 
 
-def test_the_summary_says_where_each_value_came_from(run_cli):
-    assert run_cli("stages=[prepare,tune]", *NETWORK).returncode == 0
+def test_the_summary_says_where_each_value_came_from(run_cli, make_cfg):
+    run_pipeline(make_cfg("stages=[prepare,tune]", *NETWORK))  # in this process: the second run is the CLI's
     done = run_cli("stages=[train,evaluate]", *NETWORK, "train.lr=0.0001")
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"^  train\.lr +0\.0001 \(command line\)$", done.stdout, re.MULTILINE), done.stdout
     assert re.search(r"^  model\.hidden +\[.*\] \(tune run [0-9a-f]{8}\)$", done.stdout, re.MULTILINE)
 
 
+@pytest.fixture
+def finished(finished_once):
+    """The module's run, with MLflow pointed at its store (another test may have moved it)."""
+    mlflow.set_tracking_uri(finished_once[1])
+    return finished_once
+
+
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, migrated_db):
+def finished_once(tmp_path_factory, migrated_db):
     """One default-shaped pipeline run (two families) in its own store."""
     import shutil
 
@@ -127,7 +134,7 @@ def test_test_metrics_are_linked_to_the_logged_models(finished):
     evaluation = result.outputs["evaluate"]
     for family in ("network", "linear"):
         model_id = client.get_run(result.run_ids[f"train.{family}"]).data.tags["model.id"]
-        logged = {m.key: m for m in mlflow.get_logged_model(model_id).metrics}
+        logged = {m.key: m for m in client.get_logged_model(model_id).metrics}
         assert logged["test_roc_auc"].value == pytest.approx(evaluation.row(family)["test_roc_auc"])
         assert logged["test_roc_auc"].dataset_digest == result.outputs["prepare"].split_digests["test"]
 

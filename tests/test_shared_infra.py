@@ -257,10 +257,11 @@ def test_passwords_never_appear_in_what_is_written_or_printed(infra, tmp_path):
     overrides = ["tracking.experiment=masking", "tune.n_trials=2", "tune.epochs=2", "train.epochs=2"]
     cases = {
         "success": ([f"tracking.uri={server.url}", *overrides], {"OPTUNA_STORAGE": storage}, 0),
-        "credentials file": (
+        "credentials file": (  # signing in is what this case tests: the first stage shows it
             [
                 f"tracking.uri={server.url}",
                 f"tracking.credentials={tmp_path / 'credentials.env'}",
+                "stages=[prepare]",
                 *overrides,
             ],
             {"MLFLOW_TRACKING_PASSWORD": "", "OPTUNA_STORAGE": storage},

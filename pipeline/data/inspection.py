@@ -353,3 +353,11 @@ def _check_class_sizes(target: pd.Series, split: Any) -> None:
             f"too few to stratify into train/val/test (needs {needed}); "
             "add rows, merge rare classes or set data.split.strategy=random"
         )
+
+
+def read_and_inspect(data_cfg: Any) -> tuple[Table, tuple[pd.DataFrame, Inspection]]:
+    """The data set read and inspected: what every invocation does first."""
+    from pipeline.data.read import read_source
+
+    table = read_source(data_cfg)
+    return table, inspect(table, data_cfg)

@@ -197,3 +197,12 @@ def _read_parquet(file: Path, where: str) -> pd.DataFrame:
     frame = pd.read_parquet(file, to_pandas_kwargs={"self_destruct": True, "split_blocks": True})
     pa.default_memory_pool().release_unused()
     return frame
+
+
+def read_source(data_cfg: Any) -> Table:
+    """The data set a config's data section names: a built-in set or a table file."""
+    if data_cfg.name == "table":
+        return read_table(
+            data_cfg.path, data_cfg.target, data_cfg.format, data_cfg.delimiter, data_cfg.encoding
+        )
+    return load_builtin(data_cfg.name)

@@ -34,7 +34,7 @@ class Evaluation:
     comparisons: list[dict[str, Any]]  # the winner against others: difference and interval on test
     verdict: str
     notes: list[str] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict, repr=False)
+    figures: dict[str, Any] = field(default_factory=dict, repr=False)  # Figures, then their PNGs
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -282,7 +282,7 @@ def record(run: Any, evaluation: Evaluation, call: StageCall) -> None:
             "comparison.md": comparison_markdown(evaluation),
         }
     )
-    run.figures(evaluation.figures)
+    evaluation.figures = run.figures(evaluation.figures) or evaluation.figures  # drawn once, as PNGs
 
 
 STAGE = Stage(

@@ -11,20 +11,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
 
 from pipeline import persistence
 from pipeline.config.schema import DataConfig
 from pipeline.data.card import card_markdown, data_card
+from pipeline.data.identity import prepared_digest
 from pipeline.data.inspection import coerce_features, inspect
-from pipeline.data.read import Table, load_builtin, read_table
-from pipeline.digests import values_digest
+from pipeline.data.read import Table, read_source
 from pipeline.preprocessing import Preprocessing, build_preprocessor
 from pipeline.splitting import SPLITS, split_digests, split_rows
 from pipeline.stages import Stage, StageCall
 from pipeline.training.tensors import TrainingData
 
-PREPARED_FORMAT = 3  # the saved layout; part of the data digest, so a change is a cache miss
 SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's names
 
 
@@ -127,28 +125,6 @@ class PreparedData:
             card=json.loads((directory / "data_card.json").read_text()),
             **meta,
         )
-
-
-def read_source(data_cfg: DictConfig) -> Table:
-    if data_cfg.name == "table":
-        return read_table(
-            data_cfg.path, data_cfg.target, data_cfg.format, data_cfg.delimiter, data_cfg.encoding
-        )
-    return load_builtin(data_cfg.name)
-
-
-def data_settings(data_cfg: DataConfig, seed: int) -> dict[str, Any]:
-    """The settings that decide the prepared data (the path itself does not: its content does)."""
-    settings = OmegaConf.to_container(data_cfg, resolve=True)
-    assert isinstance(settings, dict)
-    settings.pop("path", None)
-    return {"data": settings, "seed": int(seed)}
-
-
-def prepared_digest(source_digest: str, data_cfg: DataConfig, seed: int) -> str:
-    return values_digest(
-        {"source": source_digest, "format": PREPARED_FORMAT, **data_settings(data_cfg, seed)}
-    )
 
 
 def fit_preprocessing(

@@ -104,15 +104,21 @@ class StageRecord:
                 path.write_bytes(content if isinstance(content, bytes) else content.encode())
             MlflowClient().log_artifacts(self.run_id, tmp, artifact_path=directory)
 
-    def figures(self, figures: dict[str, Any]) -> None:
-        """Matplotlib figures as PNG artifacts under plots/ (closed afterwards)."""
+    def figures(self, figures: dict[str, Any]) -> dict[str, bytes]:
+        """Matplotlib figures as PNG artifacts under plots/ (closed afterwards); returns the PNGs,
+        so that a page showing them again (the run report) needs not draw them again."""
+        import io
+
         import matplotlib.pyplot as plt
 
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, figure in figures.items():
-                figure.savefig(Path(tmp) / name, dpi=100)  # each figure lays itself out
-                plt.close(figure)
-            MlflowClient().log_artifacts(self.run_id, tmp, artifact_path="plots")
+        images = {}
+        for name, figure in figures.items():
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=100)  # each figure lays itself out
+            plt.close(figure)
+            images[name] = buffer.getvalue()
+        self.files(images, directory="plots")
+        return images
 
     def save_outputs(self, output: Any) -> None:
         """A stage output (anything with `save(dir)`) under the run's `outputs/` artifacts, sealed:
