@@ -98,7 +98,7 @@ server-stop: ## stop it
 report: ## the path of the newest pipeline run's report.html (or RUN=<run id>)
 	@$(PY) -m pipeline.report $(RUN) $(ARGS)
 
-reproduce: ## re-run train and evaluate of a finished pipeline run: make reproduce RUN=<run id>
+reproduce: ## re-run prepare, train and evaluate of a finished pipeline run: make reproduce RUN=<run id>
 	$(PY) -m pipeline.reproduce "$(RUN)" $(ARGS)
 
 bench: ## benchmarks (ratios measured side by side); results land in bench/results/

@@ -120,7 +120,7 @@ def run_pipeline(
     else:
         predicted = out[f"proba_{positive_label(train, table)}"].to_numpy(float)
     winner = next(line for line in done.stdout.splitlines() if line.startswith("winner"))
-    return {"seconds": seconds, "predicted": predicted, "winner": winner.split()[1]}
+    return {"seconds": seconds, "predicted": predicted, "winner": winner.split()[1], "stdout": done.stdout}
 
 
 def run_flaml(

@@ -95,9 +95,14 @@ def main(cfg: DictConfig) -> float | None:
         _fail(exc)
     from pipeline.console import say
     from pipeline.data.inspection import read_and_inspect
+    from pipeline.tracking.provenance import apply_credentials
     from pipeline.tuning.workers import start_workers
 
     say(f"running {', '.join(cfg.stages)} on {cfg.data.name}; families: {', '.join(cfg.candidates)}")
+    try:  # before the workers start: they inherit the environment it sets
+        apply_credentials(cfg.tracking.credentials)
+    except PipelineError as exc:
+        _fail(exc)
     # first: spawned tuning workers import and warm up while this process does the rest
     pool = start_workers(cfg)
     try:

@@ -34,6 +34,7 @@ class PipelineResult:
     link: str | None = None
     link_note: str = ""  # how to open the link: "(make ui)" for a local store
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage run
     runs: dict[str, UpstreamRun] = field(default_factory=dict, repr=False)  # id and tags per stage
 
 
@@ -163,6 +164,7 @@ def _run_once(
         reused = recorder.find(declared.name, identity(cfg, invocation, declared.name), None)
     opening = declared.open(call) if declared.open is not None else Opening()
     name = declared.name if family is None else f"{declared.name} {family}"
+    started = time.perf_counter()
     with recorder.stage_run(
         name, {**tags, **opening.tags}, opening.run_id, declared.system_metrics
     ) as record:
@@ -174,6 +176,7 @@ def _run_once(
         if declared.record is not None:
             declared.record(record, output, replace(call, reused=reused.outputs_run if reused else None))
     key = run_key(declared.name, family)
+    result.stage_seconds[key] = time.perf_counter() - started
     if record.run_id is not None:
         result.run_ids[key] = reused.outputs_run if reused is not None else record.run_id
     result.runs[key] = UpstreamRun(result.run_ids.get(key), dict(record.tags))

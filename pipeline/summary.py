@@ -46,9 +46,9 @@ def _winner_lines(result: Any) -> list[tuple[str, str]]:
 def _tuning(result: Any) -> list[tuple[str, str]]:
     metric, rows = result.objective.metric, []
     for family, tuned in result.outputs["tune"].items():
-        rows.append(
-            (f"tune {family}", f"{tuned.describe_trials()}, best val {metric} {tuned.best_value:.4f}")
-        )
+        took = result.stage_seconds.get(f"tune.{family}")
+        line = f"{tuned.describe_trials()}, best val {metric} {tuned.best_value:.4f}"
+        rows.append((f"tune {family}", line + (f", {took:.1f}s" if took is not None else "")))
     return rows
 
 

@@ -1,8 +1,9 @@
 """Model families that compete for the registry: the network (the `model` group's architecture,
 trained by `pipeline.training`) and scikit-learn's gradient boosting, random forest and linear
 models. A family is one module here ending with its `FAMILY`, one entry in `FAMILIES` in
-`pipeline/config/choices.py`, its settings in `conf/family/<name>.yaml` and its search space in
-`conf/tune/space/<name>.yaml`."""
+`pipeline/config/choices.py`, its settings' dataclass in `FamiliesConfig`
+(`pipeline/config/schema.py`), its settings in `conf/family/<name>.yaml` and its search space in
+`conf/tune/space/<name>.yaml`, both named in the defaults list of `conf/config.yaml`."""
 
 from __future__ import annotations
 

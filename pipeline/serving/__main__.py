@@ -1,4 +1,4 @@
-"""`python -m pipeline.serving serve|predict`: see `cli.py`."""
+"""`python -m pipeline.serving serve|predict|dockerfile`: see `cli.py`."""
 
 from pipeline.serving.cli import main
 
