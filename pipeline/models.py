@@ -35,7 +35,7 @@ class NetworkSpec:
     members: int = 1
     d_embedding: int = 16
     n_frequencies: int = 16
-    frequency_scale: float = 0.3
+    frequency_scale: float = 0.05
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

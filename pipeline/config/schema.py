@@ -57,7 +57,7 @@ class ModelConfig:
     members: int = 8  # networks sharing one MLP; the prediction is their mean
     d_embedding: int = 16  # width of each number's embedding
     n_frequencies: int = 16  # periodic features per number
-    frequency_scale: float = 0.3  # spread of the initial frequencies
+    frequency_scale: float = 0.05  # spread of the initial frequencies
 
 
 @dataclass
