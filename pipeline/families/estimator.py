@@ -18,7 +18,7 @@ from scipy import sparse
 from pipeline.metrics import Objective
 
 if TYPE_CHECKING:  # a served tree model never imports torch
-    from pipeline.training.tensors import TrainingData
+    from pipeline.training.data import TrainingData
 
 StepCallback = Callable[[int, dict[str, float]], None]
 ESTIMATOR_FILE, ESTIMATOR_META = "estimator.skops", "estimator.json"

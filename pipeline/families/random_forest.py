@@ -9,8 +9,8 @@ from typing import Any
 from pipeline.families import Family
 from pipeline.families.estimator import TrainedEstimator, fit_in_steps
 from pipeline.metrics import Objective
+from pipeline.training.data import TrainingData
 from pipeline.training.setup import thread_count
-from pipeline.training.tensors import TrainingData
 
 NAME = "random_forest"
 

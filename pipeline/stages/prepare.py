@@ -21,7 +21,7 @@ from pipeline.data.read import Table, read_source
 from pipeline.preprocessing import Preprocessing, build_preprocessor
 from pipeline.splitting import SPLITS, split_digests, split_rows
 from pipeline.stages import Stage, StageCall
-from pipeline.training.tensors import TrainingData
+from pipeline.training.data import TrainingData
 
 SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's names
 

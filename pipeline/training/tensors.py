@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -10,21 +9,9 @@ import torch
 from scipy import sparse
 from torch import nn
 
+from pipeline.training.data import TrainingData
+
 EVAL_CHUNK = 8192
-
-
-@dataclass
-class TrainingData:
-    """Model-ready arrays: features already preprocessed, targets encoded (class index or value)."""
-
-    x_train: Any
-    y_train: np.ndarray
-    x_val: Any
-    y_val: np.ndarray
-    task: str
-    n_classes: int
-    image_shape: tuple[int, ...] | None = None
-    layout: tuple[int, list[int]] | None = None  # coded features: (numbers, category cardinalities)
 
 
 def to_tensor(x: Any, device: torch.device) -> torch.Tensor:
