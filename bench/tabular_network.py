@@ -1,6 +1,8 @@
-"""The network family on tables: the tabular network (model=tabular, what data=table gets) against
-today's MLP, the best tree family and FLAML, at one wall-time budget, on the classification tables
-of bench/automl.py (each split 80/20 several times; the 20% test rows untouched by every system).
+"""The network family on tables: the tabular network against the MLP, tuned trees and FLAML.
+
+The tabular network (model=tabular, what data=table gets) against the MLP, the best tree family
+and FLAML, at one wall-time budget, on the classification tables of bench/automl.py (each split
+80/20 several times; the 20% test rows untouched by every system).
 
 Per table and resplit, each system fits the same 80% rows as a user runs it:
 - tabular: `python -m pipeline data=table candidates=[network]` with its defaults; its wall time W
