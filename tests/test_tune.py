@@ -25,6 +25,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.metrics import Objective
 from pipeline.runner import run_pipeline
 from pipeline.tuning.liveness import RUN_ID_ATTR
+from pipeline.tuning.space import suggest
 from pipeline.tuning.study import PARENT_RUN_ATTR, open_study
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -181,6 +182,42 @@ def test_the_hyperband_pruner_is_built_from_the_tune_config(make_cfg, fresh_stor
     cfg = tune_cfg(make_cfg, "tune.pruner=hyperband", "tune.pruner_reduction_factor=3", "tune.study_name=rf3")
     study, _, _ = open_study(cfg, "network", "b", objective, fresh_store)
     assert study.pruner._reduction_factor == 3
+
+
+CONFIGURED = ["train.lr=0.01", "train.weight_decay=0.0001", "train.batch_size=64", "model.hidden=[32,16]",
+              "model.dropout=0.1", "model.activation=gelu"]  # fmt: skip
+
+
+def first_point(cfg, store_dir: Path) -> tuple[optuna.Study, dict]:
+    """Open the study and draw its first trial's values."""
+    study, _, identity = open_study(cfg, "network", "d", Objective("accuracy", "maximize"), store_dir)
+    return study, suggest(study.ask(), identity.dimensions)
+
+
+def test_a_new_studys_first_trial_tries_the_configured_values_once(make_cfg, fresh_store):
+    study, values = first_point(tune_cfg(make_cfg, *CONFIGURED), fresh_store)
+    assert values == {
+        "train.lr": 0.01, "train.weight_decay": 0.0001, "train.batch_size": 64, "model.hidden": [32, 16],
+        "model.dropout": 0.1, "model.activation": "gelu",
+    }  # fmt: skip
+    # joining the study later does not queue the defaults again
+    study, _, _ = open_study(
+        tune_cfg(make_cfg, *CONFIGURED), "network", "d", Objective("accuracy", "maximize"), fresh_store
+    )
+    assert not study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+
+
+def test_a_configured_value_outside_the_space_is_left_to_the_sampler(make_cfg, fresh_store):
+    _, values = first_point(
+        tune_cfg(make_cfg, *CONFIGURED, "train.lr=5.0", "model.hidden=[512]"), fresh_store
+    )
+    assert 0.0003 <= values["train.lr"] <= 0.03 and values["train.weight_decay"] == 0.0001
+    assert all(16 <= width <= 256 for width in values["model.hidden"])
+
+
+def test_start_from_config_false_samples_the_first_trial(make_cfg, fresh_store):
+    _, values = first_point(tune_cfg(make_cfg, *CONFIGURED, "tune.start_from_config=false"), fresh_store)
+    assert values["train.lr"] != 0.01 and values["model.dropout"] != 0.1
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,7 @@ class TuneConfig:
     storage: str | None = None  # None: a journal file next to the MLflow store
     study_name: str | None = None
     heartbeat_seconds: int = 10
+    start_from_config: bool = True  # a new study's first trial tries the configured values
     space: dict[str, Any] = field(default_factory=dict)  # family -> its search space
 
 

@@ -150,7 +150,10 @@ def tune(
     `tune.n_jobs` > 1 the extra workers come from `pool` when it has them (already started)."""
     n_trials, n_jobs = int(tune_cfg.n_trials), int(tune_cfg.n_jobs)
     deadline = time.time() + tune_cfg.timeout if tune_cfg.timeout else None
-    since = len(study.get_trials(deepcopy=False))
+    # this invocation's trials: the ones it creates and the queued ones it will run (the
+    # configured first point, retries of dead trials)
+    trials = study.get_trials(deepcopy=False)
+    since = min((t.number for t in trials if t.state == TrialState.WAITING), default=len(trials))
     reap_stale_trials(study, settings.heartbeat_seconds)
     if (finished := census(study, since).done) >= n_trials:
         say(

@@ -155,6 +155,34 @@ def suggest(trial: Any, dimensions: list[Dimension]) -> dict[str, Any]:
     return values
 
 
+def configured_point(cfg: DictConfig, dimensions: list[Dimension]) -> dict[str, Any]:
+    """The configured values as Optuna params, for a first trial that tries the defaults: each
+    dimension whose value lies in the space (the others are left to the sampler)."""
+    point: dict[str, Any] = {}
+    for d in dimensions:
+        value = OmegaConf.select(cfg, d.path)
+        if d.type == "layers":
+            widths = list(value) if OmegaConf.is_list(value) or isinstance(value, list) else []
+            if d.min_layers <= len(widths) <= d.max_layers and all(_within(d, w) for w in widths):
+                point[f"{d.path}.n_layers"] = len(widths)
+                point.update({f"{d.path}.width_{i}": int(w) for i, w in enumerate(widths)})
+        elif d.type == "categorical":
+            if value in d.choices:
+                point[d.path] = value
+        elif _within(d, value):
+            point[d.path] = int(value) if d.type == "int" else float(value)
+    return point
+
+
+def _within(d: Dimension, value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if d.type == "int" and value != int(value):
+        return False
+    on_step = d.step is None or abs((value - d.low) / d.step - round((value - d.low) / d.step)) < 1e-9
+    return d.low <= value <= d.high and on_step
+
+
 def values_from_params(params: dict[str, Any], dimensions: list[Dimension]) -> dict[str, Any]:
     """Turn a trial's flat Optuna params back into {config path: value}."""
     values: dict[str, Any] = {}

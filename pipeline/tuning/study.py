@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.config.choices import PRUNERS, SAMPLERS
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.metrics import Objective
-from pipeline.tuning.space import Dimension, parse_space
+from pipeline.tuning.space import Dimension, configured_point, parse_space
 
 PARENT_RUN_ATTR = "mlflow_tune_run_id"
 
@@ -161,6 +161,11 @@ def open_study(
         study.set_user_attr("search_digest", identity.digest)
         study.set_user_attr("objective", identity.objective)
         study.set_user_attr("fixed", identity.fixed)
+        point = configured_point(cfg, identity.dimensions)
+        if cfg.tune.start_from_config and point and not study.get_trials(deepcopy=False):
+            # the defaults are the point a user would try by hand; skip_if_exists keeps two
+            # commands that open the new study together from trying it twice
+            study.enqueue_trial(point, skip_if_exists=True)
     elif recorded != identity.digest:
         fixed = study.user_attrs.get("fixed")
         if fixed is not None and fixed != identity.fixed:
