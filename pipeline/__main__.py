@@ -59,23 +59,51 @@ def _store_of(cfg: DictConfig | None) -> str | None:
     return uri[len("sqlite:///") :] if local_store_dir(uri) is not None else mask(uri)
 
 
+HYDRA_VALUED_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                      "--config-dir", "-cd", "--experimental-rerun")  # fmt: skip
+HYDRA_HELP = {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc", "--info", "-i"}
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The overrides among Hydra's arguments: not its flags (`--cfg job`, `-m`), nor their values."""
+    overrides, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in HYDRA_VALUED_FLAGS:
+            skip = True
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides
+
+
 def preflight(args: list[str]) -> None:
     """Check the overrides, and that Hydra's output folder can be written, before Hydra writes
     it (Hydra reports its own failure to write with a traceback): one line and exit 2 when wrong."""
     import logging
 
+    from pipeline.config import validate
     from pipeline.config.overrides import compose_checked, refuse_passwords
     from pipeline.faults import check_writable
 
     logging.raiseExceptions = False  # a full disk must not print a traceback per log line
-    overrides = [a for a in args if not a.startswith("-")]
+    overrides = _overrides(args)
     multirun = any(a in ("-m", "--multirun") for a in args)
     key, default = ("hydra.sweep.dir", "multirun") if multirun else ("hydra.run.dir", "outputs")
     out_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")), default)
+    modes = [
+        a
+        for a in args
+        if a in ("-m", "--multirun", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
+    ]
     try:
+        if len(modes) > 1:
+            raise PipelineError(f"{' and '.join(modes)} cannot be given together; give one of them")
         refuse_passwords(overrides)
-        if len(overrides) == len(args):  # Hydra's own flags (-m, --cfg, --help) take over otherwise
-            compose_checked(overrides)
+        if not multirun and not set(args) & HYDRA_HELP:  # a sweep's values are checked per job
+            cfg = compose_checked(overrides)
+            if not {"--cfg", "-c"} & set(args):  # printing a config is fine; running a bad one is not
+                validate(cfg)  # before Hydra creates the run's folder
         check_writable(Path(out_dir), f"run from a writable folder or set {key}=<a writable folder>")
     except PipelineError as exc:
         _fail(exc)

@@ -110,6 +110,11 @@ def _one(
                 f"objective {invocation.objective.metric} and model {cfg.model.name} in experiment "
                 f"{cfg.tracking.experiment!r}; run stage {name} first (make {name}) or give from_run=<run id>"
             )
+        if recorder.enabled:
+            say(
+                f"{key}: no finished run matches this data, objective and search; "
+                "the configured values are used"
+            )
         return None
     say(f"{key}: using run {found.describe()}")
     output = recorder.load(found, stage(name).output_type(family))

@@ -23,7 +23,7 @@ from pipeline.runner import run_pipeline
 TUNE = ("stages=[prepare,tune]", "candidates=[network]")
 
 
-def test_a_stage_alone_takes_the_tune_run_of_its_objective(make_cfg):
+def test_a_stage_alone_takes_the_tune_run_of_its_objective(make_cfg, capsys):
     accuracy = run_pipeline(make_cfg(*TUNE, "objective.metric=accuracy"))
     auc = run_pipeline(make_cfg(*TUNE, "objective.metric=roc_auc"))  # the newest tune run
     trained = run_pipeline(make_cfg("stages=[train]", "candidates=[network]", "objective.metric=accuracy"))
@@ -37,6 +37,7 @@ def test_a_stage_alone_takes_the_tune_run_of_its_objective(make_cfg):
     other = run_pipeline(make_cfg("stages=[train]", "candidates=[network]", "objective.metric=log_loss"))
     assert "tune.network" not in other.upstream_used
     assert other.outputs["train"]["network"].params_source == "config"
+    assert "tune.network: no finished run matches this data, objective and search" in capsys.readouterr().out
 
 
 def test_a_resumed_study_samples_new_points(make_cfg):
@@ -135,6 +136,9 @@ def test_the_summary_names_the_run_and_locks_stay_in_the_store(run_cli, store):
     store_dir = Path(store[len("sqlite:///") :]).parent
     assert (store_dir / "locks" / "registry-breast_cancer.lock").exists()
     assert not list(ROOT.glob("*.lock")) and not list(ROOT.glob(".registry-*"))
+    locks = ["locks/registry-x.lock", ".registry-x.lock"]
+    ignored = subprocess.run(["git", "check-ignore", *locks], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout.split() == locks  # a store kept in the checkout leaves nothing for git to add
 
 
 def test_dates_become_features_and_time_splits_still_work(make_cfg, tmp_path):
@@ -146,9 +150,7 @@ def test_dates_become_features_and_time_splits_still_work(make_cfg, tmp_path):
     frame = pd.DataFrame(
         {
             "signup": days.strftime("%Y-%m-%d"),  # all distinct: once dropped as an identifier
-            "seen": rng.choice(days[:20]).astype(str)
-            if False
-            else rng.choice(days.strftime("%d/%m/%Y")[:20], n),
+            "seen": rng.choice(days.strftime("%d/%m/%Y")[:20], n),  # repeated: once one-hot encoded
             "x": rng.normal(size=n),
             "label": np.where(rng.normal(size=n) + (np.arange(n) > 100) > 0.5, "yes", "no"),
         }
@@ -167,6 +169,12 @@ def test_dates_become_features_and_time_splits_still_work(make_cfg, tmp_path):
     assert prepared.features["train"].shape[1] == 1 + 4
     raw = pd.DataFrame({"seen": ["2024-01-05", None], "x": [0.1, 0.2]})
     assert np.isfinite(prepared.preprocessing.transform(raw)).all()
+    # without a time split, the all-distinct column is a date feature too, not an identifier
+    prepared = prepare_config(
+        make_cfg("data=table", f"data.path={tmp_path / 'dates.csv'}", "data.target=label")
+    )
+    assert prepared.preprocessing.column_types == {"signup": "date", "seen": "date", "x": "numeric"}
+    assert prepared.features["train"].shape[1] == 4 + 4 + 1
 
 
 def _readme_commands() -> list[tuple[str, str | None]]:
@@ -224,6 +232,53 @@ def test_the_readme_commands_are_valid_as_written(command, error):
         assert str(refused) == error
     else:  # the config is fine: the README's error comes from the data (its example file)
         assert error.startswith(("target column", "data.path=")), error
+
+
+RUNS_PIPELINE = ("pipeline", "sweep", "sweep-worker", "prepare", "tune", "train", "evaluate", "register")
+
+
+def _as_typed(command: str) -> list[str] | None:
+    """The README command as a user types it; one that would run the pipeline prints its
+    composed config instead (`--cfg job`: what it would run, and nothing written); None for the
+    commands that start servers, build or test (their targets are checked above)."""
+    words = shlex.split(command)
+    if words[0] == "make":
+        if words[1] not in RUNS_PIPELINE:
+            return None
+        args = next((w.split("=", 1)[1] for w in words if w.startswith("ARGS=")), "")
+        rest = [w for w in words[2:] if not w.startswith("ARGS=")]
+        return ["make", "-s", "-C", str(ROOT), words[1], *rest, f"ARGS={args} --cfg job"]
+    if "-m" in words:
+        return None  # a sweep runs its jobs; each value is validated above
+    return [str(Path(sys.executable).parent / "pipeline"), *words[1:]]
+
+
+@pytest.mark.parametrize(("command", "error"), _readme_commands(), ids=lambda c: str(c)[:60])
+def test_the_readme_commands_run_as_written(command, error, tmp_path):
+    """Each README command that runs the pipeline, typed as written in a fresh folder beside the
+    README's example table: it composes (exit 0), or prints the very error line the README shows
+    (exit 2, one line)."""
+    typed = _as_typed(command)
+    if typed is None:
+        return
+    if error is not None:
+        typed = [w for w in typed if w != "--cfg job"]
+    pd.DataFrame({"customer_id": ["C0", "C1"], "x1": [0.3, 0.8], "x2": [3.2, 5.4], "color": ["red", "green"],
+                  "visits": [3, 3], "income": [67137, 82275], "notes": [None, None], "store": ["S5", "S2"],
+                  "day": ["2024-01-01", "2024-02-08"], "churned": ["yes", "no"]}).to_csv(tmp_path / "customers.csv", index=False)  # fmt: skip
+    done = subprocess.run(typed, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    if error is None:
+        assert done.returncode == 0 and "stages:" in done.stdout, (command, done.stderr[-2000:])
+    else:
+        assert (done.returncode, done.stderr.strip().splitlines()) == (2, [f"error: {error}"]), command
+    if not error or "config" in _kind_of(error):
+        assert not (tmp_path / "outputs").exists()  # a config is refused before Hydra's run folder
+
+
+def _kind_of(error: str) -> str:
+    """Whether the README's error line is about the config or the data (the run's log keeps
+    what the data got wrong)."""
+    return "data" if error.startswith(("target column", "data.path=")) else "config"
 
 
 def test_the_readme_shows_commands():

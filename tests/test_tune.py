@@ -4,6 +4,7 @@ processes sharing the study, failing trials and a changed search space."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from pipeline.metrics import Objective
 from pipeline.runner import run_pipeline
 from pipeline.tuning.liveness import RUN_ID_ATTR
 from pipeline.tuning.space import suggest
-from pipeline.tuning.study import PARENT_RUN_ATTR, open_study
+from pipeline.tuning.study import PARENT_RUN_ATTR, load_study, open_study
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 TUNE = "stages=[prepare,tune]"
@@ -218,6 +219,28 @@ def test_a_configured_value_outside_the_space_is_left_to_the_sampler(make_cfg, f
 def test_start_from_config_false_samples_the_first_trial(make_cfg, fresh_store):
     _, values = first_point(tune_cfg(make_cfg, *CONFIGURED, "tune.start_from_config=false"), fresh_store)
     assert values["train.lr"] != 0.01 and values["model.dropout"] != 0.1
+
+
+def test_the_same_seed_and_study_state_give_the_same_points_and_another_worker_new_ones(
+    make_cfg, fresh_store
+):
+    def points(name: str, worker: int) -> list[dict]:
+        cfg = tune_cfg(make_cfg, "tune.start_from_config=false", f"tune.study_name={name}")
+        _, settings, identity = open_study(
+            cfg, "network", "d", Objective("accuracy", "maximize"), fresh_store
+        )
+        study = load_study(settings, worker)
+        found = []
+        for _ in range(3):
+            trial = study.ask()
+            found.append(suggest(trial, identity.dimensions))
+            study.tell(trial, 0.5)
+        return found
+
+    assert points("first", 0) == points("second", 0)
+    assert not {json.dumps(p, sort_keys=True) for p in points("first-joined", 0)} & {
+        json.dumps(p, sort_keys=True) for p in points("second-joined", 1)
+    }
 
 
 @pytest.mark.parametrize(

@@ -115,5 +115,5 @@ def _added_keys(cfg: DictConfig) -> list[str]:
 
 def _unknown_key(key: str) -> str:
     close = difflib.get_close_matches(key, sorted(_schema_keys()), n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]}?" if close else "; see conf/ or `python -m pipeline --cfg job`"
+    hint = f"; did you mean {close[0]}?" if close else "; see conf/ or `.venv/bin/pipeline --cfg job`"
     return f"{key} is not a config key{hint}"
