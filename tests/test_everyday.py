@@ -89,6 +89,7 @@ def test_a_finished_study_says_so(make_cfg, capsys):
         ),
         ("+foo=1", "error: foo is not a config key"),
         ("tracking.uri=http://me:pw@example:5000", "error: tracking.uri holds a password"),
+        ("tune.storage=postgresql://me:pw@db/optuna", "error: tune.storage holds a password"),
     ],
 )
 def test_every_config_error_is_one_line_with_exit_2(override, message, tmp_path):

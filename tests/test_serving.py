@@ -119,8 +119,12 @@ def test_pyfunc_round_trip_in_a_fresh_process(served, tmp_path):
         "import sys, mlflow, pandas as pd\n"
         f"mlflow.set_tracking_uri({served['store']!r})\n"
         f"model = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
-        f"model.predict(pd.read_pickle({str(rows_file)!r})).to_pickle({str(out_file)!r})\n"
+        f"rows = pd.read_pickle({str(rows_file)!r})\n"
+        f"model.predict(rows).to_pickle({str(out_file)!r})\n"
         "print('loaded', 'pipeline' in sys.modules)\n"
+        # the model itself refuses what the server and make predict refuse before calling it
+        "rows.loc[rows.index[1], 'x2'] = float('inf')\n"
+        "try:\n    model.predict(rows)\nexcept Exception as refused:\n    print('refused:', refused)\n"
     )
     # a fresh interpreter, started outside the repository
     done = subprocess.run(
@@ -133,6 +137,7 @@ def test_pyfunc_round_trip_in_a_fresh_process(served, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "loaded True" in done.stdout
+    assert "refused: column 'x2' holds infinite or out-of-range values in rows 2" in done.stdout, done.stdout
     _assert_same(pd.read_pickle(out_file), served["expected"])
 
 
