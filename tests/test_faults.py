@@ -382,9 +382,9 @@ def test_an_unwritable_study_journal_stops_the_run_in_one_line_and_ends_its_runs
     journal = studies / "optuna.journal"
     # full: room for the study and the first epochs of its first trial (its MLflow run open)
     setup = (
-        [read_only(studies)] if fault == "read-only" else [small_disk(studies, "256k"), fill(studies, 4096)]
+        [read_only(studies)] if fault == "read-only" else [small_disk(studies, "256k"), fill(studies, 8192)]
     )
-    overrides = [f"tune.storage={journal}", "stages=[prepare,tune]", "tune.epochs=30", "tune.pruner=none"]
+    overrides = [f"tune.storage={journal}", "stages=[prepare,tune]", "tune.epochs=100", "tune.pruner=none"]
     [run] = in_namespace(mounts, tmp_path, *setup, _cli(store, tmp_path / "out", *overrides))
     assert run.rc == 2
     line = _one_error_line(run.stderr)

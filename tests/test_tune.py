@@ -377,7 +377,7 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_leaves_nothing_running(
     overrides = [
         TUNE,
         "tune.n_trials=2",
-        "tune.epochs=40",
+        "tune.epochs=400",  # a first trial long enough to be caught mid-way
         "tune.pruner=none",
         "train.early_stopping.patience=100",
         "train.threads=1",
@@ -410,7 +410,7 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_leaves_nothing_running(
             except Exception:  # noqa: BLE001
                 continue  # the study is being created
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if RUN_ID_ATTR in trial.user_attrs and 0 < len(trial.intermediate_values) < 20:
+                if RUN_ID_ATTR in trial.user_attrs and 0 < len(trial.intermediate_values) < 200:
                     victim = trial
         assert victim is not None, (tmp_path / "killed.log").read_text()[-3000:]
         process.send_signal(signal.SIGKILL)
@@ -431,7 +431,7 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_leaves_nothing_running(
     left = {r.info.run_id for r in running_runs(experiment_id)}
     assert {killed_parent.info.run_id, tune_run_id, victim.user_attrs[RUN_ID_ATTR]} <= left
 
-    result = run_pipeline(make_cfg(*overrides))
+    result = run_pipeline(make_cfg(*overrides, "tune.epochs=40"))  # the same study, shorter trials
 
     study = the_study(fresh_store)
     states = Counter(t.state for t in study.trials)
