@@ -4,6 +4,7 @@ runs (pickles are gone: fitted objects are skops files loaded with a trusted-typ
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -123,3 +124,56 @@ def test_a_tampered_model_is_refused_by_serving_predict_and_the_gate(
     assert decision.alias == "challenger" and decision.champion_comparable is False
     assert "code/pipeline/serving/packaging.py was changed" in decision.reason
     assert not marker.exists()
+
+
+def test_a_crash_prints_and_logs_no_password(store, tmp_path):
+    """A run that crashes on an unexpected error whose message carries a URL with a password
+    (the worst case): one masked line, exit 1, and the traceback in the run's log masked too."""
+    secret = "s3cret-pw-value"
+    crash = (
+        "import os, sys\n"
+        "import pipeline.runner as runner\n"
+        "def crash(*args, **kwargs):\n"
+        "    raise RuntimeError('lost the study at ' + os.environ['OPTUNA_STORAGE'])\n"
+        "runner.run_pipeline = crash\n"
+        "from pipeline.__main__ import cli\n"
+        "cli()\n"
+    )
+    outputs = tmp_path / "outputs"
+    done = subprocess.run(
+        [sys.executable, "-c", crash, *TINY, f"tracking.uri={store}", f"hydra.run.dir={outputs}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OPTUNA_STORAGE": f"postgresql://me:{secret}@127.0.0.1:1/optuna"},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        "error: unexpected RuntimeError: lost the study at postgresql://me:***@127.0.0.1:1/optuna "
+        "(the traceback is in the run's pipeline.log)"
+    ]
+    log = (outputs / "pipeline.log").read_text()
+    assert "RuntimeError: lost the study at postgresql://me:***@" in log  # the traceback is there
+    written = "".join(p.read_text(errors="replace") for p in outputs.rglob("*") if p.is_file())
+    assert secret not in done.stdout + done.stderr + written
+
+
+def test_a_champion_without_recorded_digests_is_refused_until_registered_again(make_cfg, store, tmp_path):
+    """A champion registered by an older version (no model digest on it): serving and make
+    predict refuse it in one line, the gate does not load it to rescore, and registry.force=true
+    puts a verified version in its place."""
+    quick = ("stages=[prepare,train,evaluate,register]", "candidates=[linear]")
+    first = run_pipeline(make_cfg(*quick))
+    name, version = first.outputs["register"].model_name, first.outputs["register"].version
+    client = MlflowClient()
+    for tag in ("model.sha256", "train.run_id"):
+        client.delete_model_version_tag(name, version, tag)
+    rows = tmp_path / "rows.csv"
+    first.outputs["prepare"].frames["test"].head(3).to_csv(rows, index=False)
+    predicted = _cli(store, tmp_path, "pipeline.serving", "predict", "--input", str(rows), "--output",
+                     str(tmp_path / "p.csv"))  # fmt: skip
+    assert "has no recorded digest" in _one_error(predicted)
+    gate = run_pipeline(make_cfg(*quick, "seed=3")).outputs["register"]
+    assert gate.alias == "challenger" and gate.champion_comparable is False
+    assert "registry.force=true" in gate.reason, gate.reason
+    forced = run_pipeline(make_cfg(*quick, "seed=4", "registry.force=true")).outputs["register"]
+    assert forced.alias == "champion"
+    assert client.get_model_version(name, forced.version).tags["model.sha256"]
