@@ -9,6 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pipeline.infra import free_port
@@ -30,14 +31,15 @@ def _wait_for(url: str, process: subprocess.Popen, timeout: float = 120) -> byte
     raise AssertionError(f"{url} did not answer within {timeout}s")
 
 
-def test_ui_serves_the_store_and_prints_the_runs_table_link(make_cfg, store):
+def test_ui_serves_the_store_and_prints_the_runs_table_link(make_cfg, store, tmp_path):
     result = run_pipeline(make_cfg("stages=[prepare]"))
     port = free_port()
+    log = (tmp_path / "ui.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.ui", "--backend-store-uri", store, "--port", str(port)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
         text=True,
     )
     try:
@@ -56,9 +58,18 @@ def test_ui_serves_the_store_and_prints_the_runs_table_link(make_cfg, store):
         with urllib.request.urlopen(request, timeout=10) as response:
             runs = json.loads(response.read())["runs"]
         assert {r["info"]["run_id"] for r in runs} >= {result.parent_run_id, result.run_ids["prepare"]}
+        # one worker on a small machine (MLflow's default is 4), and no deprecation warnings
+        [server] = [
+            p.cmdline()
+            for p in psutil.Process(process.pid).children(recursive=True)
+            if "uvicorn" in p.cmdline()
+        ]
+        assert server[server.index("--workers") + 1] == "1", server
+        assert "Warning" not in (tmp_path / "ui.log").read_text()
     finally:
         process.terminate()
         process.wait(timeout=30)
+        log.close()
 
 
 def test_dashboard_shows_the_study(make_cfg, store):
