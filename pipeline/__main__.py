@@ -62,6 +62,7 @@ def _store_of(cfg: DictConfig | None) -> str | None:
 HYDRA_VALUED_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
                       "--config-dir", "-cd", "--experimental-rerun")  # fmt: skip
 HYDRA_HELP = {"--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc", "--info", "-i"}
+HYDRA_MODES = ("-m", "--multirun", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")  # one at most
 
 
 def _overrides(args: list[str]) -> list[str]:
@@ -91,11 +92,7 @@ def preflight(args: list[str]) -> None:
     multirun = any(a in ("-m", "--multirun") for a in args)
     key, default = ("hydra.sweep.dir", "multirun") if multirun else ("hydra.run.dir", "outputs")
     out_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")), default)
-    modes = [
-        a
-        for a in args
-        if a in ("-m", "--multirun", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
-    ]
+    modes = [a for a in args if a in HYDRA_MODES]
     try:
         if len(modes) > 1:
             raise PipelineError(f"{' and '.join(modes)} cannot be given together; give one of them")

@@ -113,7 +113,7 @@ def regression(y: np.ndarray, pred: np.ndarray) -> dict[str, Figure]:
     return {"predicted_vs_actual.png": scatter, "residuals.png": residual_figure}
 
 
-def search_history(trials: list[dict[str, Any]], maximize: bool) -> Figure:
+def search_history(trials: list[dict[str, Any]], maximize: bool, title: str = "search history") -> Figure:
     """Each finished trial's validation value and the best so far."""
     figure, axis = plt.subplots(figsize=(6, 3.5))
     done = [(t["number"], t["value"]) for t in trials if t["value"] is not None]
@@ -125,7 +125,7 @@ def search_history(trials: list[dict[str, Any]], maximize: bool) -> Figure:
         axis.legend()
     axis.set_xlabel("trial")
     axis.set_ylabel("validation value")
-    axis.set_title("search history")
+    axis.set_title(title)
     figure.tight_layout()
     return figure
 

@@ -112,26 +112,9 @@ def data_section(prepared: Any) -> str:
     )
 
 
-def _best_so_far(tuned: Any, family: str, maximize: bool) -> Any:
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5, 3), layout="tight")
-    numbers, values, best = [], [], None
-    for trial in tuned.trials:
-        if trial["value"] is None:
-            continue
-        value = trial["value"]
-        best = value if best is None or (value > best if maximize else value < best) else best
-        numbers.append(trial["number"])
-        values.append(best)
-    axis.step(numbers, values, where="post")
-    axis.set_xlabel("trial")
-    axis.set_ylabel("best so far")
-    axis.set_title(f"{family}: best validation value so far")
-    return figure
-
-
 def search_section(tuned_by_family: dict[str, Any], maximize: bool) -> str:
+    from pipeline import plots
+
     parts = []
     for family, tuned in tuned_by_family.items():
         params = [[k, v] for k, v in tuned.best_values.items()]
@@ -140,7 +123,7 @@ def search_section(tuned_by_family: dict[str, Any], maximize: bool) -> str:
             f"<h3>{_e(family)}</h3><p>{_e(tuned.describe_trials())}; best value "
             f"{tuned.best_value:.4g} (trial {tuned.best_trial}).</p>",
             _side_by_side(
-                _image(_best_so_far(tuned, family, maximize)),
+                _image(plots.search_history(tuned.trials, maximize, f"{family}: validation value per trial")),
                 _table(["best parameter", "value"], params),
                 _table(["parameter", "importance"], importances) if importances else "",
             ),
