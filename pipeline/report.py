@@ -143,7 +143,9 @@ def model_section(result: Any) -> str:
     return _section(
         "The final model",
         f"<p>{_e(winner)}, params from {_e(model.params_source)}; best {'epoch' if winner == 'network' else 'step'} "
-        f"{model.best_epoch + 1} of {len(model.history)}, val {metric} {model.best_score:.4f}.</p>",
+        f"{model.best_epoch + 1} of {len(model.history)}, val {metric} {model.best_score:.4f}"
+        + (f"; then refit for that many on train and val ({model.fit_rows} rows)" if model.refit else "")
+        + ".</p>",
         _image(curve),
     )
 

@@ -60,7 +60,9 @@ def _training(result: Any) -> list[tuple[str, str]]:
             (
                 f"train {family}",
                 f"params from {trained.params_source}, best {step} {trained.best_epoch + 1}/{len(trained.history)}, "
-                f"val {metric} {trained.best_score:.4f}, {trained.seconds:.1f}s",
+                f"val {metric} {trained.best_score:.4f}"
+                + (f", refit on train+val ({trained.fit_rows} rows)" if trained.refit else "")
+                + f", {trained.seconds:.1f}s",
             )
         )
     return rows

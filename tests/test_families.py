@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 from conftest import prepare_config
@@ -67,6 +68,37 @@ def test_tree_families_grow_in_steps(cancer):
         cfg.family.random_forest.n_estimators * (trained.best_epoch + 1) // cfg.family.random_forest.steps
     )
     assert len(forest.estimators_) == expected
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_refit_adds_the_validation_rows_for_the_chosen_step_count(cancer, name):
+    """With train.refit the final model is fitted again on train and val for the best epoch (or
+    step) count; its validation score and history stay those of the first fit, which saw no val row."""
+    from omegaconf import OmegaConf
+
+    from pipeline.stages.train import train
+
+    cfg, prepared, objective = cancer
+    settings = settings_of(cfg)
+    OmegaConf.update(settings, "train.refit", False)
+    first = train(name, settings, prepared, objective)
+    OmegaConf.update(settings, "train.refit", True)
+    final = train(name, settings, prepared, objective)
+
+    n_train, n_val = len(prepared.targets["train"]), len(prepared.targets["val"])
+    assert (first.refit, first.fit_rows) == (False, n_train)
+    assert (final.refit, final.fit_rows) == (True, n_train + n_val)
+    key = f"val_{objective.metric}"
+    assert (final.best_epoch, final.best_score) == (first.best_epoch, first.best_score)
+    assert [row[key] for row in final.history] == [row[key] for row in first.history]
+    test = prepared.encoded(final.fitted().encoding)["test"]
+    first_proba, final_proba = first.fitted().predict(test)[1], final.fitted().predict(test)[1]
+    assert not np.allclose(first_proba, final_proba)  # another model: it learnt from more rows
+    assert objective.score(prepared.targets["test"], *final.fitted().predict(test)) > 0.9
+    if name == "random_forest":  # grown to the chosen step: as many trees as the first fit kept
+        assert len(final.fitted().estimator.estimators_) == len(first.fitted().estimator.estimators_)
+    if name == "network":  # trained for the chosen epoch count, then stopped
+        assert final.seconds > first.seconds
 
 
 def test_a_fitted_estimator_round_trips(cancer, tmp_path):

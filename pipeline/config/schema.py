@@ -85,6 +85,7 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     params_from: str = "auto"  # auto: the tune run when there is one; config: never
+    refit: bool = True  # fit the final model again on train and val rows, for its best epoch count
 
 
 @dataclass

@@ -76,6 +76,8 @@ class TrainedEstimator:
     applied_values: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     overridden: dict[str, Any] = field(default_factory=dict)  # tuned values the command line replaced
+    refit: bool = False  # fitted again on train and val for the best epoch (or step) count
+    fit_rows: int = 0  # the rows the final model was fitted on (train, or train and val after a refit)
 
     def fitted(self) -> EstimatorModel:
         return self.model
@@ -118,10 +120,13 @@ def fit_in_steps(
     on_step: StepCallback | None,
     threads: int,
     dense: bool = False,
+    stop_after: int | None = None,
 ) -> TrainedEstimator:
     """Fit `estimator` in `steps` steps (`grow(estimator, step)` sets how far step `step` goes,
     with warm_start keeping what is fitted), score the validation split after each, report it
-    (a pruner may stop the trial there) and keep a copy of the best step's estimator."""
+    (a pruner may stop the trial there) and keep a copy of the best step's estimator.
+    `stop_after`: fit exactly that many steps and keep the last (a refit, whose validation rows
+    are among its training rows, has nothing to choose by)."""
     from threadpoolctl import threadpool_limits
 
     started = time.perf_counter()
@@ -131,14 +136,16 @@ def fit_in_steps(
     best, best_step, best_score = None, -1, objective.worst()
     key = f"val_{objective.metric}"
     with threadpool_limits(threads):
-        for step in range(steps):
+        for step in range(steps if stop_after is None else min(stop_after, steps)):
             step_started = time.perf_counter()
             grow(estimator, step)
             estimator.fit(x_train, data.y_train)
             record = val_record(model, data, objective)
             record["step_seconds"] = time.perf_counter() - step_started
             history.append(record)
-            if best_step < 0 or objective.improvement(record[key], best_score) > 0:
+            if stop_after is not None:
+                best, best_step, best_score = estimator, step, record[key]
+            elif best_step < 0 or objective.improvement(record[key], best_score) > 0:
                 best, best_step, best_score = copy.deepcopy(estimator), step, record[key]
             if on_step is not None:
                 on_step(step, record)
@@ -150,4 +157,5 @@ def fit_in_steps(
         best_score=float(best_score),
         seconds=time.perf_counter() - started,
         threads=threads,
+        fit_rows=int(x_train.shape[0]),
     )

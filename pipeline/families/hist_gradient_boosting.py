@@ -23,6 +23,7 @@ def fit(
     epochs: int | None = None,
     on_step: Any = None,
     progress: bool = False,
+    stop_after: int | None = None,
 ) -> TrainedEstimator:
     from sklearn import ensemble
 
@@ -48,7 +49,9 @@ def fit(
         model.set_params(max_iter=max(1, math.ceil(int(s.max_iter) * (step + 1) / steps)))
 
     threads = thread_count(settings.train.threads, int(data.x_train.shape[0]))
-    return fit_in_steps(NAME, estimator, grow, steps, data, objective, on_step, threads, dense=True)
+    return fit_in_steps(
+        NAME, estimator, grow, steps, data, objective, on_step, threads, dense=True, stop_after=stop_after
+    )
 
 
 FAMILY = Family(

@@ -22,6 +22,7 @@ def fit(
     epochs: int | None = None,
     on_step: Any = None,
     progress: bool = False,
+    stop_after: int | None = None,
 ) -> TrainedEstimator:
     from sklearn import linear_model
 
@@ -31,7 +32,9 @@ def fit(
     else:
         estimator = linear_model.LogisticRegression(C=float(s.C), max_iter=int(s.max_iter))
     threads = thread_count(settings.train.threads, int(data.x_train.shape[0]))
-    return fit_in_steps(NAME, estimator, lambda model, step: None, 1, data, objective, on_step, threads)
+    return fit_in_steps(
+        NAME, estimator, lambda model, step: None, 1, data, objective, on_step, threads, stop_after=stop_after
+    )
 
 
 FAMILY = Family(

@@ -58,6 +58,7 @@ def fit(
     epochs: int | None = None,
     on_step: Any = None,
     progress: bool = False,
+    stop_after: int | None = None,
 ) -> TrainedModel:
     from pipeline.training.loop import fit as fit_network
 
@@ -70,6 +71,7 @@ def fit(
         epochs=epochs,
         on_epoch=on_step,
         progress=progress,
+        stop_after=stop_after,
     )
 
 

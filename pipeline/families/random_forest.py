@@ -23,6 +23,7 @@ def fit(
     epochs: int | None = None,
     on_step: Any = None,
     progress: bool = False,
+    stop_after: int | None = None,
 ) -> TrainedEstimator:
     from sklearn import ensemble
 
@@ -50,7 +51,9 @@ def fit(
     def grow(model: Any, step: int) -> None:
         model.set_params(n_estimators=max(1, math.ceil(int(s.n_estimators) * (step + 1) / steps)))
 
-    return fit_in_steps(NAME, estimator, grow, steps, data, objective, on_step, threads)
+    return fit_in_steps(
+        NAME, estimator, grow, steps, data, objective, on_step, threads, stop_after=stop_after
+    )
 
 
 FAMILY = Family(

@@ -1,5 +1,7 @@
 """Stage train: each candidate family's final model, with the best parameters of the tune stage
-it follows or, when no tune run is used, the configured ones; the output says which."""
+it follows or, when no tune run is used, the configured ones; the output says which. Early
+stopping on the validation split picks the epoch (or step) count; with `train.refit` the family
+is then fitted again for that count on the training and validation rows together."""
 
 from __future__ import annotations
 
@@ -7,12 +9,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.families import Family, settings_of
 from pipeline.families import family as declared_family
-from pipeline.families import settings_of
 from pipeline.metrics import Objective
 from pipeline.stages import Stage, StageCall
 from pipeline.stages.prepare import PreparedData
 from pipeline.stages.tune import TuneResult
+from pipeline.training.data import TrainingData, with_validation_in_training
 from pipeline.training.loop import EpochCallback
 from pipeline.tuning.space import apply_values
 
@@ -28,7 +31,8 @@ def train(
     explicit: frozenset[str] = frozenset(),
 ) -> Any:
     """Fit `family` on the training split, early-stopped on the validation split, with the tuned
-    values when `tuned` is given, except those the command line set (`explicit` keys).
+    values when `tuned` is given, except those the command line set (`explicit` keys), then
+    refit on train and val when `settings.train.refit` is set.
     `settings`: the sections a family reads (`settings_of(cfg)`)."""
     tuned_values = dict(tuned.best_values) if tuned is not None else {}
     values = {k: v for k, v in tuned_values.items() if k not in explicit}
@@ -42,12 +46,31 @@ def train(
         on_step=on_epoch,
         progress=progress,
     )
+    if settings.train.refit:
+        trained = refit(declared, settings, data, objective, trained)
     trained.params_source = "tune" if values else "config"
     trained.applied_values = values
     trained.overridden = {
         k: _plain(OmegaConf.select(settings, k)) for k in sorted(tuned_values) if k in explicit
     }
     return trained
+
+
+def refit(
+    declared: Family, settings: DictConfig, data: TrainingData, objective: Objective, first: Any
+) -> Any:
+    """`first`'s settings fitted again on the training and validation rows for its best epoch (or
+    step) count, like FLAML's retrain_full and AutoGluon's refit_full. The result keeps `first`'s
+    validation history and score: those are what selection compares, and the refit model has
+    seen the validation rows."""
+    again = declared.fit(
+        settings, with_validation_in_training(data), objective, stop_after=first.best_epoch + 1
+    )
+    again.history, again.best_epoch, again.best_score = first.history, first.best_epoch, first.best_score
+    again.stopped_early = first.stopped_early
+    again.seconds += first.seconds
+    again.refit = True
+    return again
 
 
 def _plain(value: Any) -> Any:
@@ -94,6 +117,7 @@ def record(run: Any, trained: Any, call: StageCall) -> None:
             "best_epoch": trained.best_epoch,
             "epochs_run": len(trained.history),
             "train_seconds": trained.seconds,
+            "fit_rows": trained.fit_rows,
         },
         tags={
             "params.source": f"tune:{tune_run.run_id}"
@@ -101,6 +125,7 @@ def record(run: Any, trained: Any, call: StageCall) -> None:
             else "config",
             "device": trained.device,
             "threads": trained.threads,
+            "refit": str(trained.refit).lower(),
         },
     )
     run.figures(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,3 +20,15 @@ class TrainingData:
     n_classes: int
     image_shape: tuple[int, ...] | None = None
     layout: tuple[int, list[int]] | None = None  # coded features: (numbers, category cardinalities)
+
+
+def with_validation_in_training(data: TrainingData) -> TrainingData:
+    """The same data with the validation rows appended to the training rows (a refit's)."""
+    from scipy import sparse
+
+    stack = sparse.vstack if sparse.issparse(data.x_train) else np.concatenate
+    return replace(
+        data,
+        x_train=stack([data.x_train, data.x_val]),
+        y_train=np.concatenate([data.y_train, data.y_val]),
+    )

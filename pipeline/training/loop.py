@@ -177,17 +177,22 @@ def fit(
     epochs: int | None = None,
     on_epoch: EpochCallback | None = None,
     progress: bool = False,
+    stop_after: int | None = None,
 ) -> TrainedModel:
     """Train a network on `data` and return it with the weights of its best validation epoch.
-    `on_epoch(epoch, record)` sees every epoch's record (metrics to log, a pruner to consult)."""
+    `on_epoch(epoch, record)` sees every epoch's record (metrics to log, a pruner to consult).
+    `stop_after`: train exactly that many epochs of the schedule and keep the last weights (a
+    refit, whose validation rows are among its training rows, has nothing to stop on)."""
     started = time.perf_counter()
     threads = thread_count(train_cfg.threads, int(data.x_train.shape[0]))
     torch.set_num_threads(threads)
     run = start(train_cfg, model_cfg, data, objective, seed, int(epochs or train_cfg.epochs))
-    stopping = EarlyStopping(objective, train_cfg.early_stopping.patience, train_cfg.early_stopping.min_delta)
+    patience = train_cfg.early_stopping.patience if stop_after is None else run.epochs
+    stopping = EarlyStopping(objective, patience, train_cfg.early_stopping.min_delta)
+    last = run.epochs if stop_after is None else min(stop_after, run.epochs)
     history: list[dict[str, float]] = []
-    with ProgressBar(progress, run.epochs, objective.metric) as bar:
-        for epoch in range(run.epochs):
+    with ProgressBar(progress, last, objective.metric) as bar:
+        for epoch in range(last):
             record = run_epoch(run, epoch, data, objective)
             history.append(record)
             stop = stopping.update(epoch, record[f"val_{objective.metric}"], record["val_loss"], run.network)
@@ -196,7 +201,8 @@ def fit(
                 on_epoch(epoch, record)
             if stop:
                 break
-    stopping.restore(run.network)
+    if stop_after is None:
+        stopping.restore(run.network)
     return TrainedModel(
         network=run.network.eval(),
         spec=run.spec,
@@ -208,4 +214,5 @@ def fit(
         seconds=time.perf_counter() - started,
         device=str(run.device),
         threads=threads,
+        fit_rows=int(data.x_train.shape[0]),
     )

@@ -31,6 +31,8 @@ class TrainedModel:
     applied_values: dict[str, Any] = field(default_factory=dict)  # tuned values, by config path
     family: str = "network"
     overridden: dict[str, Any] = field(default_factory=dict)  # tuned values the command line replaced
+    refit: bool = False  # fitted again on train and val for the best epoch (or step) count
+    fit_rows: int = 0  # the rows the final weights were fitted on (train, or train and val after a refit)
 
     def fitted(self) -> Any:
         """The network as a model that predicts from prepared features."""
@@ -61,6 +63,8 @@ class TrainedModel:
             "seconds": self.seconds,
             "device": self.device,
             "threads": self.threads,
+            "refit": self.refit,
+            "fit_rows": self.fit_rows,
         }
         (directory / "trained.json").write_text(json.dumps(meta, indent=2))
 
