@@ -15,6 +15,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
+from python_runner import run_python
 
 from pipeline.config import register_schemas
 
@@ -78,7 +79,8 @@ def make_cfg(store: str) -> Callable[..., DictConfig]:
 
 @pytest.fixture
 def run_cli(store: str, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
-    """Run `python -m pipeline` in a subprocess against the temp store."""
+    """Run `python -m pipeline` in its own process against the temp store (forked from a server
+    that imported the libraries once: `python_runner.py`)."""
 
     def run(*overrides: str, tiny: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         args = [
@@ -91,7 +93,7 @@ def run_cli(store: str, tmp_path: Path) -> Callable[..., subprocess.CompletedPro
             *overrides,
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+        return run_python(args, cwd=ROOT, timeout=timeout, env=env)
 
     return run
 

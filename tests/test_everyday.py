@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, TINY
 from mlflow.tracking import MlflowClient
+from python_runner import run_python
 
 from pipeline.runner import run_pipeline
 
@@ -115,13 +116,7 @@ def test_a_taken_port_is_refused_in_one_line(command, setting, tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", *command, str(port)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = run_python([sys.executable, "-m", *command, str(port)], cwd=tmp_path, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(f"error: port {port} on 127.0.0.1 is in use") and setting in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY
 from mlflow.tracking import MlflowClient
+from python_runner import run_python, start_python
 
 from pipeline.errors import PipelineError
 from pipeline.faults import explain
@@ -268,15 +269,7 @@ def test_the_probe_passes_a_server_that_answers_even_with_credentials_in_its_uri
 def test_three_pipelines_started_together_on_a_new_store_all_finish_with_one_champion(tmp_path):
     store = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"  # no schema yet: all three would create it
     processes = [
-        subprocess.Popen(
-            _cli(store, tmp_path / f"out{i}", *QUICK),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-        )
-        for i in range(3)
+        start_python(_cli(store, tmp_path / f"out{i}", *QUICK), cwd=ROOT, env=_env()) for i in range(3)
     ]
     outputs = [p.communicate(timeout=300) for p in processes]
     for process, (_, stderr) in zip(processes, outputs, strict=True):
@@ -321,9 +314,7 @@ def test_an_unreachable_store_stops_the_run_in_one_line_within_seconds(case, sto
         ],
     }[case]
     started = time.monotonic()
-    done = subprocess.run(
-        _cli(store, tmp_path / "out", *overrides), cwd=ROOT, capture_output=True, text=True, timeout=120, env=_env()
-    )  # fmt: skip
+    done = run_python(_cli(store, tmp_path / "out", *overrides), cwd=ROOT, timeout=120, env=_env())
     took = time.monotonic() - started
     assert done.returncode == 2, done.stderr[-3000:]
     line = _one_error_line(done.stderr)

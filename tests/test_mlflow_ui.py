@@ -18,6 +18,7 @@ import mlflow
 import pytest
 from conftest import ROOT
 from mlflow.tracking import MlflowClient
+from python_runner import run_python
 
 from pipeline.errors import ConfigError
 from pipeline.runner import run_pipeline
@@ -191,9 +192,9 @@ def test_the_retry_of_dead_trials_uses_no_deprecated_optuna_callback(tmp_path):
 def test_a_serving_image_folder_with_resolvable_requirements(finished, tmp_path):
     result, store, _ = finished
     output = tmp_path / "dockerfile"
-    made = subprocess.run(
+    made = run_python(
         [sys.executable, "-m", "pipeline.serving", "dockerfile", "--output", str(output), f"tracking.uri={store}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, timeout=300,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr[-2000:]
     assert (output / "Dockerfile").is_file()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from conftest import CONF, ROOT, TINY
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
+from python_runner import start_python
 from sklearn import metrics as skm
 
 from pipeline.runner import PipelineResult, run_pipeline
@@ -228,7 +228,7 @@ def test_concurrent_registrations_end_with_the_better_champion(pipelines, regist
     runs = {q: pipelines.model("breast_cancer", q) for q in ("good", "bad")}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     processes = {
-        quality: subprocess.Popen(
+        quality: start_python(
             [
                 sys.executable,
                 "-m",
@@ -242,9 +242,7 @@ def test_concurrent_registrations_end_with_the_better_champion(pipelines, regist
             ],
             cwd=ROOT,
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            merge=True,
         )
         for quality, result in runs.items()
     }

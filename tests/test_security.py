@@ -15,6 +15,7 @@ import mlflow
 import pytest
 from conftest import ROOT, TINY
 from mlflow.tracking import MlflowClient
+from python_runner import run_python
 
 from pipeline import persistence
 from pipeline.runner import run_pipeline
@@ -38,7 +39,7 @@ def _local(uri: str) -> Path:
 
 def _cli(store: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", *args, f"tracking.uri={store}"]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return run_python(command, cwd=ROOT, timeout=300)
 
 
 def _one_error(done: subprocess.CompletedProcess) -> str:

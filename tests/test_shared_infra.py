@@ -24,6 +24,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from python_runner import run_python, start_python
 
 from pipeline.infra import PostgresCluster, TrackingServer, free_port, postgres_available
 
@@ -89,11 +90,9 @@ def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
     experiment = "shared-sweep"
     n_trials = 5
     common = [f"tracking.uri={server.url}", f"tracking.experiment={experiment}"]
-    prepared = subprocess.run(
+    prepared = run_python(
         _pipeline("stages=[prepare]", *common, tmp=tmp_path / "prep"),
         cwd=ROOT,
-        capture_output=True,
-        text=True,
         timeout=300,
         env=_env(cluster, server),
     )
@@ -111,14 +110,7 @@ def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
         "train.early_stopping.patience=100",
     ]
     workers = [
-        subprocess.Popen(
-            _pipeline(*worker_args, tmp=tmp_path / f"w{i}"),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(cluster, server),
-        )
+        start_python(_pipeline(*worker_args, tmp=tmp_path / f"w{i}"), cwd=ROOT, env=_env(cluster, server))
         for i in range(3)
     ]
     victim = workers[0]
@@ -290,10 +282,12 @@ def test_passwords_never_appear_in_what_is_written_or_printed(infra, tmp_path):
         env = _env(cluster, server, **extra)
         if not env.get("MLFLOW_TRACKING_PASSWORD"):
             env.pop("MLFLOW_TRACKING_PASSWORD")
-        done = subprocess.run(
+        done = run_python(
             _pipeline(*args, tmp=tmp_path / "outputs" / name.replace(" ", "-")),
-            cwd=ROOT, capture_output=True, text=True, timeout=400, env=env,
-        )  # fmt: skip
+            cwd=ROOT,
+            timeout=400,
+            env=env,
+        )
         assert done.returncode == code, (name, done.stderr[-2000:])
         if code:
             errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -20,6 +19,7 @@ from conftest import ROOT, TINY
 from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
+from python_runner import start_python
 
 from pipeline.config import validate
 from pipeline.errors import ConfigError, PipelineError
@@ -382,8 +382,7 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_leaves_nothing_running(
         "train.early_stopping.patience=100",
         "train.threads=1",
     ]
-    log = (tmp_path / "killed.log").open("w")
-    process = subprocess.Popen(
+    process = start_python(
         [
             sys.executable,
             "-m",
@@ -394,9 +393,9 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_leaves_nothing_running(
             *overrides,
         ],
         cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        output=tmp_path / "killed.log",
+        merge=True,
     )
     victim = None
     try:
@@ -418,7 +417,6 @@ def test_sigkill_mid_trial_then_rerun_retries_it_and_leaves_nothing_running(
         if process.poll() is None:
             process.kill()
         process.wait()  # no zombie: the process must be really gone for the reaping below
-        log.close()
 
     client = MlflowClient()
     study = the_study(fresh_store)

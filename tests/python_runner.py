@@ -1,0 +1,176 @@
+"""`python -m <module> <args>` for the tests, as `subprocess.run` runs it, but forked from a server
+that has already imported torch, MLflow, Optuna, scikit-learn and the pipeline (`python_server.py`):
+each run is still its own process, with its own arguments, environment, working folder, standard
+streams and exit status, and it exits through the interpreter as usual; it just skips the 4-5 s
+of imports that every fresh interpreter pays. Tests that signal a process or read what a fresh
+interpreter imports start a real one with `subprocess`."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SERVER_SCRIPT = Path(__file__).with_name("python_server.py")
+START_TIMEOUT = 120.0
+
+
+class PythonServer:
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="python-server-"))
+        self.address = str(self.folder / "socket")
+        self.log = open(self.folder / "server.log", "wb")  # noqa: SIM115 - open while the server lives
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, str(SERVER_SCRIPT), self.address],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+            env=env,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not os.path.exists(self.address):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the test python server did not start: {(self.folder / 'server.log').read_text()}"
+                )
+            time.sleep(0.05)
+
+    def start(
+        self, command: list[str], cwd: Path, env: dict[str, str], output: Path | None, merge: bool
+    ) -> ForkedProcess:
+        stamp = time.monotonic_ns()
+        out = output or self.folder / f"{stamp}.out"
+        err = out if merge else self.folder / f"{stamp}.err"
+        for path in {out, err}:
+            path.touch()
+        request = {"args": command[2:], "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(self.address)
+        conn.sendall(json.dumps(request).encode() + b"\n")
+        lines = _Lines(conn)
+        return ForkedProcess(
+            command, int(lines.next(timeout=START_TIMEOUT)), lines, out, err, owned=output is None
+        )
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.log.close()
+
+
+class ForkedProcess:
+    """What `subprocess.Popen` gives for a run started by the server: its pid (signals reach it as
+    they reach any process), `poll`, `wait`, `communicate` and `returncode`."""
+
+    def __init__(self, args: list[str], pid: int, lines: _Lines, out: Path, err: Path, owned: bool) -> None:
+        self.args, self.pid, self.lines, self.out, self.err, self.owned = args, pid, lines, out, err, owned
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                self.returncode = int(self.lines.next(timeout=0.0))
+            except (TimeoutError, BlockingIOError):
+                return None
+            self.lines.conn.close()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            try:
+                self.returncode = int(self.lines.next(timeout=timeout))
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+            self.lines.conn.close()
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        """Waits, then returns (stdout, stderr) and removes the files that held them; on a
+        timeout the run is killed and TimeoutExpired carries what it wrote."""
+        try:
+            self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.wait(START_TIMEOUT)
+            raise subprocess.TimeoutExpired(self.args, timeout, _read(self.out), _read(self.err)) from None
+        out, err = _read(self.out), "" if self.err == self.out else _read(self.err)
+        if self.owned:
+            for path in {self.out, self.err}:
+                path.unlink()
+        return out, err
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+
+class _Lines:
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn, self.data = conn, b""
+
+    def next(self, timeout: float | None) -> str:
+        self.conn.settimeout(timeout)
+        while b"\n" not in self.data:
+            chunk = self.conn.recv(64)
+            if not chunk:
+                raise RuntimeError("the test python server closed the connection")
+            self.data += chunk
+        line, self.data = self.data.split(b"\n", 1)
+        return line.decode()
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
+_server: PythonServer | None = None
+
+
+def start_python(
+    command: list[str],
+    *,
+    cwd: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    output: Path | None = None,
+    merge: bool = False,
+) -> ForkedProcess:
+    """`subprocess.Popen` of a `[sys.executable, "-m", module, *args]` command, started from the
+    preloaded server. Its output goes to `output` (a file that stays) or to a file that
+    `communicate` reads; `merge` sends stderr to the same file, like `stderr=subprocess.STDOUT`."""
+    global _server
+    if command[:2] != [sys.executable, "-m"]:
+        raise ValueError(f"the test python server runs `python -m <module>`, not {command[:2]}")
+    if _server is None:
+        _server = PythonServer()
+        atexit.register(_server.close)
+    return _server.start(
+        command, Path(cwd or os.getcwd()), dict(os.environ if env is None else env), output, merge
+    )
+
+
+def run_python(
+    command: list[str],
+    *,
+    cwd: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
+    """`subprocess.run(command, capture_output=True, text=True, ...)` for a `[sys.executable, "-m",
+    module, *args]` command, started from the preloaded server."""
+    process = start_python(command, cwd=cwd, env=env)
+    out, err = process.communicate(timeout)
+    return subprocess.CompletedProcess(command, process.returncode, out, err)

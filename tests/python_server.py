@@ -1,0 +1,98 @@
+"""A server that imported what `python -m pipeline` and its tools import, then forks one process
+per request and runs `python -m <module> <args>` in it (see `python_runner.py`).
+
+Each request is served by a supervisor (a fork) that forks the run, sends its pid, waits for it
+and sends its exit status, so that several runs can be alive at once while this process stays
+single-threaded (forking a multi-threaded process is not safe)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import runpy
+import signal
+import socket
+import sys
+
+# the imports every run would pay; a run imports nothing else twice
+import matplotlib.pyplot  # noqa: F401
+import mlflow  # noqa: F401
+import optuna  # noqa: F401
+import sklearn.ensemble  # noqa: F401
+import torch  # noqa: F401
+from hydra import main  # noqa: F401
+
+import pipeline.reproduce  # noqa: F401
+import pipeline.runner  # noqa: F401
+import pipeline.serving.cli  # noqa: F401
+import pipeline.stages.evaluate  # noqa: F401
+import pipeline.stages.register  # noqa: F401
+import pipeline.stages.train  # noqa: F401
+import pipeline.stages.tune  # noqa: F401
+import pipeline.training.loop  # noqa: F401
+
+PR_SET_PDEATHSIG = 1
+
+
+def read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ConnectionError("the client went away")
+        data += chunk
+    return data
+
+
+def become(request: dict) -> None:
+    """Turn this forked process into what `python -m` would have started: its own arguments,
+    environment, working folder and standard streams."""
+    # appending: stdout and stderr may share one file, like `stderr=subprocess.STDOUT`
+    written = os.O_WRONLY | os.O_APPEND
+    for fd, name, mode in ((0, os.devnull, os.O_RDONLY), (1, request["stdout"], written),
+                           (2, request["stderr"], written)):  # fmt: skip
+        target = os.open(name, mode)
+        os.dup2(target, fd)
+        os.close(target)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:1] = [request["cwd"], *extra]  # `python -m` puts the working folder first
+    sys.argv = ["-m", *request["args"][1:]]
+
+
+def supervise(conn: socket.socket, request: dict) -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the run waits for its own children
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        become(request)
+        module = request["args"][0]
+        sys.modules.pop(f"{module}.__main__", None)  # a package's __main__ runs as `python -m` runs it
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        sys.exit(0)  # the module returned: the interpreter exits as it would after `python -m`
+    conn.sendall(f"{pid}\n".encode())
+    _, status = os.waitpid(pid, 0)
+    conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+    os._exit(0)
+
+
+def serve(address: str) -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped without waiting
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(16)
+    while True:
+        conn, _ = listener.accept()
+        request = json.loads(read_line(conn))
+        if os.fork() == 0:  # no try/finally here: the run's own exit must reach the interpreter
+            listener.close()
+            supervise(conn, request)
+        conn.close()
+
+
+if __name__ == "__main__":
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the test process
+    serve(sys.argv[1])
