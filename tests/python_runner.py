@@ -1,4 +1,4 @@
-"""`python -m <module> <args>` for the tests, as `subprocess.run` runs it, but forked from a server
+"""`python -m <module> <args>` (and `python -c`) for the tests, as `subprocess.run` runs it, but forked from a server
 that has already imported torch, MLflow, Optuna, scikit-learn and the pipeline (`python_server.py`):
 each run is still its own process, with its own arguments, environment, working folder, standard
 streams and exit status, and it exits through the interpreter as usual; it just skips the 4-5 s
@@ -44,14 +44,21 @@ class PythonServer:
             time.sleep(0.05)
 
     def start(
-        self, command: list[str], cwd: Path, env: dict[str, str], output: Path | None, merge: bool
+        self,
+        command: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        output: Path | None,
+        merge: bool,
+        new_session: bool,
     ) -> ForkedProcess:
         stamp = time.monotonic_ns()
         out = output or self.folder / f"{stamp}.out"
         err = out if merge else self.folder / f"{stamp}.err"
         for path in {out, err}:
             path.touch()
-        request = {"args": command[2:], "cwd": str(cwd), "env": env, "stdout": str(out), "stderr": str(err)}
+        request = {"flag": command[1], "args": command[2:], "cwd": str(cwd), "env": env, "stdout": str(out),
+                   "stderr": str(err), "new_session": new_session}  # fmt: skip
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(self.address)
         conn.sendall(json.dumps(request).encode() + b"\n")
@@ -147,19 +154,22 @@ def start_python(
     env: dict[str, str] | None = None,
     output: Path | None = None,
     merge: bool = False,
+    new_session: bool = False,
 ) -> ForkedProcess:
-    """`subprocess.Popen` of a `[sys.executable, "-m", module, *args]` command, started from the
-    preloaded server. Its output goes to `output` (a file that stays) or to a file that
-    `communicate` reads; `merge` sends stderr to the same file, like `stderr=subprocess.STDOUT`."""
+    """`subprocess.Popen` of a `[sys.executable, "-m", module, *args]` (or `"-c", code`) command,
+    started from the preloaded server. Its output goes to `output` (a file that stays) or to a file
+    that `communicate` reads; `merge` sends stderr to the same file, like
+    `stderr=subprocess.STDOUT`; `new_session` is `start_new_session`."""
     global _server
-    if command[:2] != [sys.executable, "-m"]:
-        raise ValueError(f"the test python server runs `python -m <module>`, not {command[:2]}")
+    if command[:1] != [sys.executable] or command[1:2] not in (["-m"], ["-c"]):
+        raise ValueError(
+            f"the test python server runs `python -m <module>` or `python -c <code>`, not {command[:2]}"
+        )
     if _server is None:
         _server = PythonServer()
         atexit.register(_server.close)
-    return _server.start(
-        command, Path(cwd or os.getcwd()), dict(os.environ if env is None else env), output, merge
-    )
+    environment = dict(os.environ if env is None else env)
+    return _server.start(command, Path(cwd or os.getcwd()), environment, output, merge, new_session)
 
 
 def run_python(
@@ -170,7 +180,7 @@ def run_python(
     timeout: float | None = None,
 ) -> subprocess.CompletedProcess:
     """`subprocess.run(command, capture_output=True, text=True, ...)` for a `[sys.executable, "-m",
-    module, *args]` command, started from the preloaded server."""
+    module, *args]` (or `"-c", code`) command, started from the preloaded server."""
     process = start_python(command, cwd=cwd, env=env)
     out, err = process.communicate(timeout)
     return subprocess.CompletedProcess(command, process.returncode, out, err)

@@ -1,5 +1,6 @@
 """A server that imported what `python -m pipeline` and its tools import, then forks one process
-per request and runs `python -m <module> <args>` in it (see `python_runner.py`).
+per request and runs `python -m <module> <args>` (or `python -c <code> <args>`) in it (see
+`python_runner.py`).
 
 Each request is served by a supervisor (a fork) that forks the run, sends its pid, waits for it
 and sends its exit status, so that several runs can be alive at once while this process stays
@@ -55,12 +56,15 @@ def become(request: dict) -> None:
         target = os.open(name, mode)
         os.dup2(target, fd)
         os.close(target)
+    if request["new_session"]:
+        os.setsid()  # like start_new_session=True: its own process group
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
     extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-    sys.path[:1] = [request["cwd"], *extra]  # `python -m` puts the working folder first
-    sys.argv = ["-m", *request["args"][1:]]
+    # `python -m` puts the working folder first, `python -c` the empty path (the same folder)
+    sys.path[:1] = [request["cwd"] if request["flag"] == "-m" else "", *extra]
+    sys.argv = [request["flag"], *request["args"][1:]]
 
 
 def supervise(conn: socket.socket, request: dict) -> None:
@@ -69,9 +73,13 @@ def supervise(conn: socket.socket, request: dict) -> None:
     if pid == 0:
         conn.close()
         become(request)
-        module = request["args"][0]
-        sys.modules.pop(f"{module}.__main__", None)  # a package's __main__ runs as `python -m` runs it
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        if request["flag"] == "-c":
+            code = compile(request["args"][0], "<string>", "exec")
+            exec(code, {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102 - what `python -c` does
+        else:
+            module = request["args"][0]
+            sys.modules.pop(f"{module}.__main__", None)  # a package's __main__ runs as `python -m` runs it
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
         sys.exit(0)  # the module returned: the interpreter exits as it would after `python -m`
     conn.sendall(f"{pid}\n".encode())
     _, status = os.waitpid(pid, 0)

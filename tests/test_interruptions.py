@@ -18,6 +18,7 @@ from conftest import ROOT
 from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from python_runner import ForkedProcess, start_python
 from test_faults import DECISION, MODEL, QUICK, _cli, _db, _env, _running, _runs
 
 from pipeline.runner import run_pipeline
@@ -124,17 +125,14 @@ PARALLEL = [
 ]
 
 
-def _start_parallel(store: str, tmp_path: Path) -> tuple[subprocess.Popen, int]:
+def _start_parallel(store: str, tmp_path: Path) -> tuple[ForkedProcess, int]:
     """A pipeline tuning with a worker process; returns once both run a trial with its MLflow
     run, with the worker's pid."""
-    process = subprocess.Popen(
+    process = start_python(
         _cli(store, tmp_path / "out", *PARALLEL),
         cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
         env=_env(),
-        start_new_session=True,  # its own process group, like a command in a terminal
+        new_session=True,  # its own process group, like a command in a terminal
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
@@ -249,9 +247,7 @@ def _interrupt_registration(
     stage = _cli(store, out, "stages=[register]", "candidates=[linear]")[3:]
     held = out.parent / f"{out.name}.held"
     command = [sys.executable, "-c", HELD_REGISTRATION, step, str(held), *stage]
-    process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
-    )
+    process = start_python(command, cwd=ROOT, env=_env())
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and process.poll() is None:

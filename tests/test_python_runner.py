@@ -60,6 +60,10 @@ def test_signals_reach_the_run_and_a_timeout_kills_it(probe):
         run_python([sys.executable, "-m", "probe", "sleep"], cwd=probe, env=_env(), timeout=2)
 
 
-def test_only_python_m_commands_are_taken(probe):
+def test_python_c_runs_its_code_as_main_in_its_own_session(probe):
+    code = "import os, sys; print(__name__, sys.argv, os.getpgid(0) == os.getpid()); sys.exit(4)"
+    process = start_python([sys.executable, "-c", code, "a"], cwd=probe, new_session=True)
+    assert process.communicate(timeout=60) == ("__main__ ['-c', 'a'] True\n", "")
+    assert process.returncode == 4
     with pytest.raises(ValueError, match="python -m"):
-        run_python([sys.executable, "-c", "pass"], cwd=probe)
+        run_python(["python3", "-c", "pass"], cwd=probe)
