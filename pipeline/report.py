@@ -123,7 +123,10 @@ def search_section(tuned_by_family: dict[str, Any], maximize: bool) -> str:
             f"<h3>{_e(family)}</h3><p>{_e(tuned.describe_trials())}; best value "
             f"{tuned.best_value:.4g} (trial {tuned.best_trial}).</p>",
             _side_by_side(
-                _image(plots.search_history(tuned.trials, maximize, f"{family}: validation value per trial")),
+                _image(
+                    tuned.figures.get("optimization_history.png")  # the tune stage's, when it drew it
+                    or plots.search_history(tuned.trials, maximize, f"{family}: validation value per trial")
+                ),
                 _table(["best parameter", "value"], params),
                 _table(["parameter", "importance"], importances) if importances else "",
             ),
@@ -139,7 +142,10 @@ def model_section(result: Any) -> str:
     if winner is None or winner not in trained:
         return ""
     model, metric = trained[winner], result.objective.metric
-    curve = plots.learning_curve(model.history, f"val_{metric}", model.best_epoch)
+    # the train stage's PNG when this invocation drew it; drawn here for a train run reused
+    curve = model.figures.get("learning_curve.png") or plots.learning_curve(
+        model.history, f"val_{metric}", model.best_epoch
+    )
     return _section(
         "The final model",
         f"<p>{_e(winner)}, params from {_e(model.params_source)}; best {'epoch' if winner == 'network' else 'step'} "

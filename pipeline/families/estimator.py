@@ -78,6 +78,7 @@ class TrainedEstimator:
     overridden: dict[str, Any] = field(default_factory=dict)  # tuned values the command line replaced
     refit: bool = False  # fitted again on train and val for the best epoch (or step) count
     fit_rows: int = 0  # the rows the final model was fitted on (train, or train and val after a refit)
+    figures: dict[str, bytes] = field(default_factory=dict, repr=False)  # PNGs the record drew; never saved
 
     def fitted(self) -> EstimatorModel:
         return self.model
@@ -89,7 +90,7 @@ class TrainedEstimator:
 
     def save(self, directory: Path) -> None:
         self.model.save(directory / "model")
-        meta = {k: v for k, v in self.__dict__.items() if k != "model"}
+        meta = {k: v for k, v in self.__dict__.items() if k not in ("model", "figures")}
         (directory / "trained.json").write_text(json.dumps(meta, indent=2, default=float))
 
     @classmethod

@@ -128,9 +128,8 @@ def record(run: Any, trained: Any, call: StageCall) -> None:
             "refit": str(trained.refit).lower(),
         },
     )
-    run.figures(
-        {"learning_curve.png": plots.learning_curve(trained.history, f"val_{metric}", trained.best_epoch)}
-    )
+    curve = plots.learning_curve(trained.history, f"val_{metric}", trained.best_epoch)
+    trained.figures = run.figures({"learning_curve.png": curve}) or {}  # the run report shows it again
     prepared: PreparedData = call.upstream["prepare"]
     run.model(trained.predictor(prepared), prepared.frames["test"].head(3))
 

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class TuneResult:
     counts: dict[str, int] = field(default_factory=dict)
     trials: list[dict[str, Any]] = field(default_factory=list)  # number, state, value of each
     importances: dict[str, float] = field(default_factory=dict)  # Optuna's, by parameter
+    figures: dict[str, bytes] = field(default_factory=dict, repr=False)  # PNGs the record drew; never saved
 
     def describe_trials(self) -> str:
         """'12 trials: 7 complete, 5 pruned'."""
@@ -62,7 +63,8 @@ class TuneResult:
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "tune.json").write_text(json.dumps(asdict(self), indent=2, default=str))
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "figures"}
+        (directory / "tune.json").write_text(json.dumps(values, indent=2, default=str))
 
     @classmethod
     def load(cls, directory: Path) -> TuneResult:
@@ -271,7 +273,8 @@ def record(run: Any, result: TuneResult, call: StageCall) -> None:
         },
     )
     run.files({"trials.csv": trials_frame(study).to_csv(index=False)})
-    run.figures(study_figures(study, result.trials, result.importances))
+    # kept for the run report, which shows the search again
+    result.figures = run.figures(study_figures(study, result.trials, result.importances)) or {}
 
 
 STAGE = Stage(

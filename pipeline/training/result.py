@@ -33,6 +33,7 @@ class TrainedModel:
     overridden: dict[str, Any] = field(default_factory=dict)  # tuned values the command line replaced
     refit: bool = False  # fitted again on train and val for the best epoch (or step) count
     fit_rows: int = 0  # the rows the final weights were fitted on (train, or train and val after a refit)
+    figures: dict[str, bytes] = field(default_factory=dict, repr=False)  # PNGs the record drew; never saved
 
     def fitted(self) -> Any:
         """The network as a model that predicts from prepared features."""
