@@ -23,6 +23,10 @@ RUN ?=
 PYTEST_ARGS ?=
 # test processes; each takes whole files, so a file's shared fixtures are built once (--dist loadfile)
 TEST_WORKERS ?= 2
+# the tests' temp folders (thousands of small SQLite commits): memory-backed /dev/shm when it has
+# 4 GB free, else the system's; only a failed test's folder is kept (pyproject.toml)
+TEST_TMP ?= $(shell df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 && $$4 > 4000000 {print "/dev/shm"}')
+TEST_ENV := $(if $(TEST_TMP),PYTEST_DEBUG_TEMPROOT=$(TEST_TMP))
 
 .DEFAULT_GOAL := help
 .PHONY: help install pipeline prepare tune train evaluate register test test-fast lint format ui \
@@ -55,10 +59,10 @@ register: ## register alone
 	$(PY) -m pipeline stages=[register] $(ARGS)
 
 test: ## every test (what CI runs)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: ## the quick tests, for the inner loop
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" -x -q $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" -x -q $(PYTEST_ARGS)
 
 lint: ## ruff lint and format check
 	$(BIN)/ruff check pipeline tests bench
