@@ -24,9 +24,10 @@ PYTEST_ARGS ?=
 # test processes; each takes whole files, so a file's shared fixtures are built once (--dist loadfile)
 TEST_WORKERS ?= 2
 # the tests' temp folders (thousands of small SQLite commits): memory-backed /dev/shm when it has
-# 4 GB free, else the system's; only a failed test's folder is kept (pyproject.toml)
+# 4 GB free, else the system's; only a failed test's folder is kept (pyproject.toml); looked up
+# only by the test targets
 TEST_TMP ?= $(shell df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 && $$4 > 4000000 {print "/dev/shm"}')
-TEST_ENV := $(if $(TEST_TMP),PYTEST_DEBUG_TEMPROOT=$(TEST_TMP))
+TEST_ENV = $(if $(TEST_TMP),PYTEST_DEBUG_TEMPROOT=$(TEST_TMP))
 
 .DEFAULT_GOAL := help
 .PHONY: help install pipeline prepare tune train evaluate register test test-fast lint format ui \

@@ -4,9 +4,10 @@
 The pipeline runs as a user runs it (`python -m pipeline data=table ...` on the 80% written to a
 CSV file); its registered champion scores the test rows. FLAML gets the same 80% rows, the same
 metric (ROC-AUC; RMSE for regression) and a `time_budget` equal to the pipeline's wall time on that
-split (FLAML's budget is soft: its real time is reported). Both use one core: FLAML `n_jobs=1`, the
-pipeline its defaults (one tuning worker, one thread below 20,000 training rows). Per table: the mean over resplits and a
-paired bootstrap interval of (pipeline - FLAML) over the test rows of all resplits.
+split (FLAML's budget is soft: its real time is reported). Both use one core: FLAML `n_jobs=1`,
+the pipeline its defaults (one tuning worker, one thread below 20,000 training rows). Per table:
+the mean over resplits and a paired bootstrap interval of (pipeline - FLAML) over the test rows of
+all resplits.
 
     pip install -e .[bench]
     python -m bench.automl [--quick] [--tables OJ,Default] [--resplits 3] [--candidates network]

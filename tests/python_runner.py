@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,9 +39,7 @@ class PythonServer:
         deadline = time.monotonic() + START_TIMEOUT
         while not os.path.exists(self.address):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the test python server did not start: {(self.folder / 'server.log').read_text()}"
-                )
+                raise RuntimeError(f"the test python server did not start: {Path(self.log.name).read_text()}")
             time.sleep(0.05)
 
     def start(
@@ -71,6 +70,7 @@ class PythonServer:
         self.process.kill()
         self.process.wait()
         self.log.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class ForkedProcess:

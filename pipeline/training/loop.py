@@ -187,30 +187,40 @@ def fit(
     threads = thread_count(train_cfg.threads, int(data.x_train.shape[0]))
     torch.set_num_threads(threads)
     run = start(train_cfg, model_cfg, data, objective, seed, int(epochs or train_cfg.epochs))
-    patience = train_cfg.early_stopping.patience if stop_after is None else run.epochs
-    stopping = EarlyStopping(objective, patience, train_cfg.early_stopping.min_delta)
+    key = f"val_{objective.metric}"
+    # a refit trains a fixed count: nothing to stop on, no best weights to keep aside
+    stopping = (
+        EarlyStopping(objective, train_cfg.early_stopping.patience, train_cfg.early_stopping.min_delta)
+        if stop_after is None
+        else None
+    )
     last = run.epochs if stop_after is None else min(stop_after, run.epochs)
     history: list[dict[str, float]] = []
     with ProgressBar(progress, last, objective.metric) as bar:
         for epoch in range(last):
             record = run_epoch(run, epoch, data, objective)
             history.append(record)
-            stop = stopping.update(epoch, record[f"val_{objective.metric}"], record["val_loss"], run.network)
+            stop = stopping is not None and stopping.update(
+                epoch, record[key], record["val_loss"], run.network
+            )
             bar.update(record)
             if on_epoch is not None:
                 on_epoch(epoch, record)
             if stop:
                 break
-    if stop_after is None:
+    if stopping is not None:
         stopping.restore(run.network)
+        best_epoch, best_score, stopped = stopping.best_epoch, stopping.best_score, stopping.stopped
+    else:
+        best_epoch, best_score, stopped = len(history) - 1, history[-1][key], False
     return TrainedModel(
         network=run.network.eval(),
         spec=run.spec,
         target_scaling=run.target_scaling,
         history=history,
-        best_epoch=stopping.best_epoch,
-        best_score=stopping.best_score,
-        stopped_early=stopping.stopped,
+        best_epoch=best_epoch,
+        best_score=best_score,
+        stopped_early=stopped,
         seconds=time.perf_counter() - started,
         device=str(run.device),
         threads=threads,
