@@ -67,3 +67,28 @@ def test_python_c_runs_its_code_as_main_in_its_own_session(probe):
     assert process.returncode == 4
     with pytest.raises(ValueError, match="python -m"):
         run_python(["python3", "-c", "pass"], cwd=probe)
+
+
+EXITS = {
+    "message": "import sys; sys.exit('stopped: a message')",
+    "large code": "import sys; sys.exit(300)",
+    "ctrl-c": "raise KeyboardInterrupt",
+    "thread then atexit": (
+        "import atexit, threading, time\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread ended'))).start()\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("code", EXITS.values(), ids=EXITS.keys())
+def test_a_run_ends_as_a_fresh_interpreter_ends(tmp_path, code):
+    """The server ends a run without tearing down its preloaded modules: the exit status, what is
+    printed, non-daemon threads and atexit handlers stay those of a real interpreter."""
+    fresh = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    forked = run_python([sys.executable, "-c", code], cwd=tmp_path, timeout=60)
+    assert forked.returncode == fresh.returncode
+    assert forked.stdout == fresh.stdout
+    assert forked.stderr.splitlines()[-1:] == fresh.stderr.splitlines()[-1:]

@@ -109,17 +109,21 @@ def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
         "tune.heartbeat_seconds=1",
         "train.early_stopping.patience=100",
     ]
-    workers = [
-        start_python(_pipeline(*worker_args, tmp=tmp_path / f"w{i}"), cwd=ROOT, env=_env(cluster, server))
-        for i in range(3)
-    ]
-    victim = workers[0]
+
+    def start_worker(i: int):
+        return start_python(
+            _pipeline(*worker_args, tmp=tmp_path / f"w{i}"), cwd=ROOT, env=_env(cluster, server)
+        )
+
+    # the first worker alone until it runs a trial (it could otherwise find the study finished by
+    # the others when it got there late), killed in that trial; two more finish the study
+    victim = start_worker(0)
+    workers = [victim]
     try:
-        # kill the first worker while it runs a trial
         deadline = time.time() + 240
         killed_trial = None
-        while time.time() < deadline and killed_trial is None:
-            time.sleep(0.3)
+        while time.time() < deadline and killed_trial is None and victim.poll() is None:
+            time.sleep(0.2)
             try:
                 study = optuna.load_study(study_name="shared", storage=storage)
             except KeyError:
@@ -127,9 +131,12 @@ def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
             for trial in study.get_trials(states=(TrialState.RUNNING,)):
                 if trial.user_attrs.get("pid") == victim.pid and trial.user_attrs.get("mlflow_run_id"):
                     killed_trial = trial.number
-        assert killed_trial is not None, "the first worker never ran a trial"
+        assert killed_trial is not None, (
+            f"the first worker never ran a trial: {victim.communicate()[1][-2000:]}"
+        )
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
+        workers += [start_worker(i) for i in (1, 2)]
         for worker in workers[1:]:
             out, err = worker.communicate(timeout=400)
             assert worker.returncode == 0, err[-2000:]
