@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,6 +100,9 @@ def run_cli(store: str, tmp_path: Path) -> Callable[..., subprocess.CompletedPro
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first: with `pytest -n`, a long test that started last would keep one
-    worker busy while the other sits idle at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The files with the most slow tests first, each file's tests together and the slow ones
+    first in it: `make test` gives each process whole files, and a long file started last would
+    keep one process busy while the other sits idle at the end."""
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    first = {path: i for i, path in reversed(list(enumerate(item.path for item in items)))}
+    items.sort(key=lambda item: (-slow[item.path], first[item.path], item.get_closest_marker("slow") is None))

@@ -50,6 +50,7 @@ class PythonServer:
         output: Path | None,
         merge: bool,
         new_session: bool,
+        namespaces: list[str],
     ) -> ForkedProcess:
         stamp = time.monotonic_ns()
         out = output or self.folder / f"{stamp}.out"
@@ -57,7 +58,7 @@ class PythonServer:
         for path in {out, err}:
             path.touch()
         request = {"flag": command[1], "args": command[2:], "cwd": str(cwd), "env": env, "stdout": str(out),
-                   "stderr": str(err), "new_session": new_session}  # fmt: skip
+                   "stderr": str(err), "new_session": new_session, "namespaces": namespaces}  # fmt: skip
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(self.address)
         conn.sendall(json.dumps(request).encode() + b"\n")
@@ -155,11 +156,13 @@ def start_python(
     output: Path | None = None,
     merge: bool = False,
     new_session: bool = False,
+    namespaces: list[str] = (),
 ) -> ForkedProcess:
     """`subprocess.Popen` of a `[sys.executable, "-m", module, *args]` (or `"-c", code`) command,
     started from the preloaded server. Its output goes to `output` (a file that stays) or to a file
     that `communicate` reads; `merge` sends stderr to the same file, like
-    `stderr=subprocess.STDOUT`; `new_session` is `start_new_session`."""
+    `stderr=subprocess.STDOUT`; `new_session` is `start_new_session`; `namespaces` are
+    `/proc/<pid>/ns/...` files the run joins first, like `nsenter`."""
     global _server
     if command[:1] != [sys.executable] or command[1:2] not in (["-m"], ["-c"]):
         raise ValueError(
@@ -169,7 +172,9 @@ def start_python(
         _server = PythonServer()
         atexit.register(_server.close)
     environment = dict(os.environ if env is None else env)
-    return _server.start(command, Path(cwd or os.getcwd()), environment, output, merge, new_session)
+    return _server.start(
+        command, Path(cwd or os.getcwd()), environment, output, merge, new_session, list(namespaces)
+    )
 
 
 def run_python(
@@ -178,9 +183,10 @@ def run_python(
     cwd: str | Path | None = None,
     env: dict[str, str] | None = None,
     timeout: float | None = None,
+    namespaces: list[str] = (),
 ) -> subprocess.CompletedProcess:
     """`subprocess.run(command, capture_output=True, text=True, ...)` for a `[sys.executable, "-m",
     module, *args]` (or `"-c", code`) command, started from the preloaded server."""
-    process = start_python(command, cwd=cwd, env=env)
+    process = start_python(command, cwd=cwd, env=env, namespaces=namespaces)
     out, err = process.communicate(timeout)
     return subprocess.CompletedProcess(command, process.returncode, out, err)

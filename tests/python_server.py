@@ -71,6 +71,9 @@ LATER_IMPORTS = (
 )
 for name in LATER_IMPORTS:
     importlib.import_module(name)
+# MLflow's map of installed packages to their modules, which logging a model builds once (a scan
+# of every installed package's files, about a second); nothing installs packages during the tests
+importlib.import_module("mlflow.utils.requirements_utils")._init_modules_to_packages_map()
 
 PR_SET_PDEATHSIG = 1
 
@@ -85,6 +88,21 @@ def read_line(conn: socket.socket) -> bytes:
     return data
 
 
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+
+
+def enter(namespaces: list[str]) -> None:
+    """Join another process's namespaces (`/proc/<pid>/ns/user`, then `.../mnt`), as `nsenter`
+    does: a run that sees a test's private mounts (a single-threaded process may join them)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for path in namespaces:
+        kind = CLONE_NEWUSER if path.endswith("/user") else CLONE_NEWNS
+        fd = os.open(path, os.O_RDONLY)
+        if libc.setns(fd, kind) != 0:
+            raise OSError(ctypes.get_errno(), f"cannot join {path}")
+        os.close(fd)
+
+
 def become(request: dict) -> None:
     """Turn this forked process into what `python -m` would have started: its own arguments,
     environment, working folder and standard streams."""
@@ -95,6 +113,7 @@ def become(request: dict) -> None:
         target = os.open(name, mode)
         os.dup2(target, fd)
         os.close(target)
+    enter(request["namespaces"])  # its streams were opened outside, as a parent's redirections are
     if request["new_session"]:
         os.setsid()  # like start_new_session=True: its own process group
     os.chdir(request["cwd"])
@@ -107,6 +126,7 @@ def become(request: dict) -> None:
 
 
 def run(request: dict) -> None:
+    become(request)
     if request["flag"] == "-c":
         code = compile(request["args"][0], "<string>", "exec")
         exec(code, {"__name__": "__main__", "__builtins__": __builtins__})  # noqa: S102 - what `python -c` does
@@ -157,7 +177,6 @@ def supervise(conn: socket.socket, request: dict) -> None:
     pid = os.fork()
     if pid == 0:
         conn.close()
-        become(request)
         exit_like_the_interpreter(run, request)
     conn.sendall(f"{pid}\n".encode())
     _, status = os.waitpid(pid, 0)

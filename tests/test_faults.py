@@ -156,37 +156,60 @@ class Step:
 
 
 def in_namespace(
-    mounts: list[str], tmp_path: Path, *lines: str | list[str], timeout: float = 400
+    mounts: list[str], tmp_path: Path, *lines: str | list[str], cwd: Path = ROOT, timeout: float = 400
 ) -> list[Step]:
-    """Run shell lines (str: they must succeed) and commands (list: their output is returned) in
-    a private mount namespace, so that its mounts vanish with it."""
-    logs = tmp_path / "namespace"
-    logs.mkdir(exist_ok=True)
-    script, steps = ["set -u"], 0
-    for line in lines:
-        if isinstance(line, str):
-            script.append(f"{line} || exit 99")
-        else:
-            out, err, rc = (logs / f"{steps}.{kind}" for kind in ("out", "err", "rc"))
-            script.append(f"{shlex.join(line)} > {out} 2> {err}; echo $? > {rc}")
-            steps += 1
-    done = subprocess.run(
-        [*mounts, "sh", "-c", "\n".join(script)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_env(),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return [
-        Step(
-            int((logs / f"{i}.rc").read_text()),
-            (logs / f"{i}.out").read_text(),
-            (logs / f"{i}.err").read_text(),
-        )
-        for i in range(steps)
+    """Run shell lines (str: they must succeed) and commands (list: their output is returned, run
+    in `cwd`) one after another in a private mount namespace, so that its mounts vanish with it.
+    A sleeping process holds the namespace; `python -m` commands join it from the tests' python
+    server (`python_runner.py`), other lines through `nsenter`."""
+    holder = subprocess.Popen([*mounts, "sleep", "3600"], stdin=subprocess.DEVNULL)
+    user = "--map-root-user" in mounts  # a user namespace too: joined first
+    namespaces = [f"/proc/{holder.pid}/ns/{kind}" for kind in (("user", "mnt") if user else ("mnt",))]
+    joined = [
+        "nsenter",
+        "-t",
+        str(holder.pid),
+        *(["-U", "--preserve-credentials"] if user else []),
+        "-m",
     ]
+    try:
+        _wait_for_namespace(holder)
+        steps = []
+        for line in lines:
+            if isinstance(line, str):
+                done = subprocess.run(
+                    [*joined, "sh", "-c", line],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                    env=_env(),
+                )
+                assert done.returncode == 0, (line, done.stderr[-3000:])
+                continue
+            if line[:2] == [sys.executable, "-m"]:
+                done = run_python(line, cwd=cwd, env=_env(), timeout=timeout, namespaces=namespaces)
+            else:
+                done = subprocess.run(
+                    [*joined, "--wdns", str(cwd), *line],
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout,
+                    env=_env(),
+                )
+            steps.append(Step(done.returncode, done.stdout, done.stderr))
+        return steps
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def _wait_for_namespace(holder: subprocess.Popen) -> None:
+    """Until `unshare` has moved the holder into its own mount namespace (it then execs sleep)."""
+    deadline = time.monotonic() + 30
+    while os.readlink(f"/proc/{holder.pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+        assert holder.poll() is None and time.monotonic() < deadline, "the mount namespace did not start"
+        time.sleep(0.01)
 
 
 # --- faults told in one line (no process needed) -----------------------------------------------
@@ -398,7 +421,7 @@ def test_an_unwritable_working_directory_stops_before_hydra_writes_in_it(
     setup = read_only(here) if fault == "read-only" else f"{small_disk(here, '512k')} && {fill(here)}"
     flags = ["-m"] if multirun else []
     command = [sys.executable, "-m", "pipeline", *flags, *TINY, f"tracking.uri={store}", *QUICK]
-    [run] = in_namespace(mounts, tmp_path, setup, f"cd {here}", command)
+    [run] = in_namespace(mounts, tmp_path, setup, command, cwd=here)
     assert run.rc == 2
     line = _one_error_line(run.stderr)
     cause = "the file system is read-only" if fault == "read-only" else "no space is left on the device"
