@@ -141,25 +141,28 @@ def exit_like_the_interpreter(body: Callable[[dict], None], request: dict) -> No
     non-daemon threads joined, atexit handlers, streams flushed, KeyboardInterrupt re-raised as
     SIGINT), but without tearing down the modules imported before the fork: that teardown frees
     nothing a process that is about to exit needs, and costs about 0.3 s a run."""
+    status = 1
     try:
-        body(request)
-        status = 0
-    except SystemExit as exit:
-        status = exit_status(exit.code)
-    except BaseException as error:  # noqa: BLE001 - what the interpreter does with an uncaught one
-        sys.excepthook(type(error), error, error.__traceback__)
-        status = -signal.SIGINT if isinstance(error, KeyboardInterrupt) else 1
-    threading._shutdown()  # noqa: SLF001 - joins non-daemon threads, as before atexit at exit
-    atexit._run_exitfuncs()  # noqa: SLF001
-    for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    if status == -signal.SIGINT:  # CPython's exit after an uncaught KeyboardInterrupt
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-    os._exit(status)
+            body(request)
+            status = 0
+        except SystemExit as exit:
+            status = exit_status(exit.code)
+        except BaseException as error:  # noqa: BLE001 - what the interpreter does with an uncaught one
+            sys.excepthook(type(error), error, error.__traceback__)
+            status = -signal.SIGINT if isinstance(error, KeyboardInterrupt) else 1
+        threading._shutdown()  # noqa: SLF001 - joins non-daemon threads, as before atexit at exit
+        atexit._run_exitfuncs()  # noqa: SLF001
+    finally:  # whatever happens on the way out, this process never returns to the server's loop
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        if status == -signal.SIGINT:  # CPython's exit after an uncaught KeyboardInterrupt
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        os._exit(status)
 
 
 def exit_status(code: object) -> int:
