@@ -156,12 +156,12 @@ class Step:
 
 
 def in_namespace(
-    mounts: list[str], tmp_path: Path, *lines: str | list[str], cwd: Path = ROOT, timeout: float = 400
+    mounts: list[str], *lines: str | list[str], cwd: Path = ROOT, timeout: float = 400
 ) -> list[Step]:
-    """Run shell lines (str: they must succeed) and commands (list: their output is returned, run
-    in `cwd`) one after another in a private mount namespace, so that its mounts vanish with it.
+    """Run shell lines (str: they must succeed) and `python -m` commands (list: their output is
+    returned, run in `cwd`) one after another in a private mount namespace, so that its mounts vanish with it.
     A sleeping process holds the namespace; `python -m` commands join it from the tests' python
-    server (`python_runner.py`), other lines through `nsenter`."""
+    server (`python_runner.py`), shell lines through `nsenter`."""
     holder = subprocess.Popen([*mounts, "sleep", "3600"], stdin=subprocess.DEVNULL)
     user = "--map-root-user" in mounts  # a user namespace too: joined first
     namespaces = [f"/proc/{holder.pid}/ns/{kind}" for kind in (("user", "mnt") if user else ("mnt",))]
@@ -187,16 +187,8 @@ def in_namespace(
                 )
                 assert done.returncode == 0, (line, done.stderr[-3000:])
                 continue
-            if line[:2] == [sys.executable, "-m"]:
-                done = run_python(line, cwd=cwd, env=_env(), timeout=timeout, namespaces=namespaces)
-            else:
-                done = subprocess.run(
-                    [*joined, "--wdns", str(cwd), *line],
-                    capture_output=True,
-                    text=True,
-                    timeout=timeout,
-                    env=_env(),
-                )
+            assert line[:2] == [sys.executable, "-m"], f"a `python -m` command, not {line[:2]}"
+            done = run_python(line, cwd=cwd, env=_env(), timeout=timeout, namespaces=namespaces)
             steps.append(Step(done.returncode, done.stdout, done.stderr))
         return steps
     finally:
@@ -355,7 +347,7 @@ def test_an_unreachable_store_stops_the_run_in_one_line_within_seconds(case, sto
 def test_a_read_only_store_stops_the_run_in_one_line(mounts, store, tmp_path):
     _with_experiment(store)
     folder = _db(store).parent
-    [run] = in_namespace(mounts, tmp_path, read_only(folder), _cli(store, tmp_path / "out", *QUICK))
+    [run] = in_namespace(mounts, read_only(folder), _cli(store, tmp_path / "out", *QUICK))
     assert run.rc == 2
     line = _one_error_line(run.stderr)
     assert line.startswith(f"error: cannot write {folder}/") and "the file system is read-only" in line
@@ -374,7 +366,7 @@ def test_an_unwritable_artifact_folder_stops_the_run_in_one_line_and_ends_its_ru
         if fault == "read-only"
         else [small_disk(artifacts, "4m"), fill(artifacts, 96 << 10)]
     )
-    [run] = in_namespace(mounts, tmp_path, *setup, _cli(store, tmp_path / "out", *QUICK))
+    [run] = in_namespace(mounts, *setup, _cli(store, tmp_path / "out", *QUICK))
     assert run.rc == 2
     line = _one_error_line(run.stderr)
     cause = "the file system is read-only" if fault == "read-only" else "no space is left on the device"
@@ -399,7 +391,7 @@ def test_an_unwritable_study_journal_stops_the_run_in_one_line_and_ends_its_runs
         [read_only(studies)] if fault == "read-only" else [small_disk(studies, "256k"), fill(studies, 8192)]
     )
     overrides = [f"tune.storage={journal}", "stages=[prepare,tune]", "tune.epochs=100", "tune.pruner=none"]
-    [run] = in_namespace(mounts, tmp_path, *setup, _cli(store, tmp_path / "out", *overrides))
+    [run] = in_namespace(mounts, *setup, _cli(store, tmp_path / "out", *overrides))
     assert run.rc == 2
     line = _one_error_line(run.stderr)
     cause = "the file system is read-only" if fault == "read-only" else "no space is left on the device"
@@ -421,7 +413,7 @@ def test_an_unwritable_working_directory_stops_before_hydra_writes_in_it(
     setup = read_only(here) if fault == "read-only" else f"{small_disk(here, '512k')} && {fill(here)}"
     flags = ["-m"] if multirun else []
     command = [sys.executable, "-m", "pipeline", *flags, *TINY, f"tracking.uri={store}", *QUICK]
-    [run] = in_namespace(mounts, tmp_path, setup, command, cwd=here)
+    [run] = in_namespace(mounts, setup, command, cwd=here)
     assert run.rc == 2
     line = _one_error_line(run.stderr)
     cause = "the file system is read-only" if fault == "read-only" else "no space is left on the device"
@@ -442,7 +434,6 @@ def test_a_store_on_a_full_disk_stops_the_run_in_one_line_naming_it(mounts, stor
     after = tmp_path / "after.db"
     [run] = in_namespace(
         mounts,
-        tmp_path,
         small_disk(folder, "4m"),
         f"cp {kept} {db}",
         fill(folder),
@@ -468,7 +459,6 @@ def test_a_disk_that_fills_during_the_run_stops_it_in_one_line_and_the_next_run_
     shutil.copy(db, kept)
     steps = in_namespace(
         mounts,
-        tmp_path,
         small_disk(folder, "8m"),
         f"cp {kept} {db} && mkdir {folder / 'mlruns'}",
         fill(folder, 1100 << 10),
