@@ -280,6 +280,38 @@ def test_the_probe_passes_a_server_that_answers_even_with_credentials_in_its_uri
 # --- busy: pipelines started together ---------------------------------------------------------
 
 
+REAPER = """
+import sys, time
+from mlflow.tracking import MlflowClient
+from pipeline.tracking.store import end_killed
+client = MlflowClient(tracking_uri=sys.argv[1])
+while time.time() < float(sys.argv[2]):
+    pass
+for run_id in sys.argv[3:]:
+    end_killed(client, run_id, "process 1 on here died while it ran")
+"""
+
+
+def test_processes_that_reap_the_same_dead_runs_at_once_all_succeed(store):
+    """Workers that start together after another one died all end its runs KILLED: MLflow's SQL
+    store inserts a new tag without a lock, so two of them can write the same tag at once."""
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.create_experiment("reaped")
+    runs = [client.create_run(experiment).info.run_id for _ in range(30)]
+    start = time.time() + 3  # every process imported and connected, then all write at once
+    reapers = [
+        start_python([sys.executable, "-c", REAPER, store, str(start), *runs], cwd=ROOT, env=_env())
+        for _ in range(4)
+    ]
+    for reaper in reapers:
+        out, err = reaper.communicate(timeout=120)
+        assert reaper.returncode == 0, err[-2000:]
+    for run_id in runs:
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED"
+        assert run.data.tags["killed.reason"] == "process 1 on here died while it ran"
+
+
 @pytest.mark.slow
 def test_three_pipelines_started_together_on_a_new_store_all_finish_with_one_champion(tmp_path):
     store = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"  # no schema yet: all three would create it

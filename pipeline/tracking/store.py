@@ -245,10 +245,27 @@ def reap_orphaned_runs(experiment_id: str) -> list[str]:
             owner = orphan.data.tags.get("pid", pid)
             if orphan.info.run_id in reaped or (owner.isdigit() and process_alive(int(owner))):
                 continue  # a child with a live process of its own goes on
-            client.set_tag(orphan.info.run_id, "killed.reason", f"process {pid} on {host} died while it ran")
-            client.set_terminated(orphan.info.run_id, "KILLED")
+            end_killed(client, orphan.info.run_id, f"process {pid} on {host} died while it ran")
             reaped.append(orphan.info.run_id)
     return reaped
+
+
+# what MLflow's SQL stores say when two writers insert the same row at once
+CONCURRENT_INSERT = ("UniqueViolation", "UNIQUE constraint failed", "duplicate key", "IntegrityError")
+
+
+def end_killed(client: MlflowClient, run_id: str, reason: str) -> None:
+    """End a dead process's run KILLED, with the reason as a tag. Several processes may reap the
+    same run at once (workers that start together after another died); MLflow's SQL store
+    inserts a new tag without a lock, so the later writer can collide with the other's row: it
+    then tags again, which updates that row."""
+    try:
+        client.set_tag(run_id, "killed.reason", reason)
+    except mlflow.exceptions.MlflowException as exc:
+        if not any(words in str(exc) for words in CONCURRENT_INSERT):
+            raise
+        client.set_tag(run_id, "killed.reason", reason)
+    client.set_terminated(run_id, "KILLED")
 
 
 def find_stage_run(experiment_id: str, stage: str, filters: dict[str, str]) -> Run | None:

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.tracking.buffer import MetricBuffer
 from pipeline.tracking.recorder import log_values
+from pipeline.tracking.store import end_killed
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,5 @@ def end_runs_of_dead_process(pid: int, host: str) -> list[str]:
         max_results=100,
     )
     for run in runs:
-        client.set_tag(run.info.run_id, "killed.reason", f"process {pid} on {host} died while it ran")
-        client.set_terminated(run.info.run_id, "KILLED")
+        end_killed(client, run.info.run_id, f"process {pid} on {host} died while it ran")
     return [r.info.run_id for r in runs]
