@@ -104,5 +104,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     first in it: `make test` gives each process whole files, and a long file started last would
     keep one process busy while the other sits idle at the end."""
     slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
-    first = {path: i for i, path in reversed(list(enumerate(item.path for item in items)))}
+    first = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
     items.sort(key=lambda item: (-slow[item.path], first[item.path], item.get_closest_marker("slow") is None))

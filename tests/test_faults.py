@@ -294,7 +294,8 @@ for run_id in sys.argv[3:]:
 
 def test_processes_that_reap_the_same_dead_runs_at_once_all_succeed(store):
     """Workers that start together after another one died all end its runs KILLED: MLflow's SQL
-    store inserts a new tag without a lock, so two of them can write the same tag at once."""
+    store inserts a new tag without a lock, so two of them can write the same tag at once (a
+    plain `set_tag` fails on that)."""
     client = MlflowClient(tracking_uri=store)
     experiment = client.create_experiment("reaped")
     runs = [client.create_run(experiment).info.run_id for _ in range(30)]

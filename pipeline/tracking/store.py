@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Run
+from mlflow.entities import Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import PipelineError, UpstreamMissing
@@ -250,21 +250,12 @@ def reap_orphaned_runs(experiment_id: str) -> list[str]:
     return reaped
 
 
-# what MLflow's SQL stores say when two writers insert the same row at once
-CONCURRENT_INSERT = ("UniqueViolation", "UNIQUE constraint failed", "duplicate key", "IntegrityError")
-
-
 def end_killed(client: MlflowClient, run_id: str, reason: str) -> None:
     """End a dead process's run KILLED, with the reason as a tag. Several processes may reap the
-    same run at once (workers that start together after another died); MLflow's SQL store
-    inserts a new tag without a lock, so the later writer can collide with the other's row: it
-    then tags again, which updates that row."""
-    try:
-        client.set_tag(run_id, "killed.reason", reason)
-    except mlflow.exceptions.MlflowException as exc:
-        if not any(words in str(exc) for words in CONCURRENT_INSERT):
-            raise
-        client.set_tag(run_id, "killed.reason", reason)
+    same run at once (workers that start together after another died): the tag goes through
+    `log_batch`, whose SQL store retries an insert that met the other writer's row (`set_tag`
+    does not, and fails on it)."""
+    client.log_batch(run_id, tags=[RunTag("killed.reason", reason)])
     client.set_terminated(run_id, "KILLED")
 
 
