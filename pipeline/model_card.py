@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipeline.ensemble import describe
+
 
 def request_example(prepared: Any, rows: int = 1) -> dict[str, Any]:
     """A request body for the served model: raw test rows with the model's input columns."""
@@ -33,8 +35,13 @@ def _scores(evaluation: Any) -> list[str]:
 def model_card(prepared: Any, evaluation: Any, trained: Any, decision: Any, port: int = 5001) -> str:
     """The registered version in a page: data, family and settings, scores, verdict, gate, use."""
     card = prepared.card
-    values = {**trained.applied_values, **trained.overridden}
-    settings = [f"- `{k}` = {v}" for k, v in values.items()] or ["- the configured defaults"]
+    if trained is None:  # the ensemble: its members' runs hold their settings
+        family = f"- family: {evaluation.winner} of {describe(evaluation.ensemble)} (weights)"
+        settings = ["- each member's settings: its train run"]
+    else:
+        family = f"- family: {evaluation.winner} (params from {trained.params_source})"
+        values = {**trained.applied_values, **trained.overridden}
+        settings = [f"- `{k}` = {v}" for k, v in values.items()] or ["- the configured defaults"]
     return "\n".join(
         [
             f"# {decision.model_name} v{decision.version}: {evaluation.winner}",
@@ -44,7 +51,7 @@ def model_card(prepared: Any, evaluation: Any, trained: Any, decision: Any, port
             f"- data digest `{prepared.digest}`; splits {card['split_sizes']} ({card['split_strategy']})",
             "",
             "## Model",
-            f"- family: {evaluation.winner} (params from {trained.params_source})",
+            family,
             *settings,
             f"- objective: {evaluation.objective} ({evaluation.direction}); "
             f"val {evaluation.row(evaluation.winner)[f'val_{evaluation.objective}']:.4f}",

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipeline.ensemble import ENSEMBLE, describe
+
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 78rem; margin: 2rem auto;
        padding: 0 1rem; color: #222; line-height: 1.45; }
@@ -139,6 +141,12 @@ def model_section(result: Any) -> str:
 
     evaluation, trained = result.outputs.get("evaluate"), result.outputs.get("train", {})
     winner = evaluation.winner if evaluation else next(iter(trained), None)
+    if evaluation is not None and winner == ENSEMBLE:
+        return _section(
+            "The final model",
+            f"<p>The ensemble of {_e(describe(evaluation.ensemble))} (weights chosen on validation): "
+            "each member's learning curve is in its train run.</p>",
+        )
     if winner is None or winner not in trained:
         return ""
     model, metric = trained[winner], result.objective.metric

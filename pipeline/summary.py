@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.ensemble import ENSEMBLE, describe
+
 TEST_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss", "rmse", "mae", "r2")
 
 
@@ -31,8 +33,11 @@ def _families(result: Any) -> list[tuple[str, str]]:
 
 def _winner_lines(result: Any) -> list[tuple[str, str]]:
     """The winner, and where each of its tuned or overridden values came from."""
-    winner = result.outputs["evaluate"].winner
+    evaluation = result.outputs["evaluate"]
+    winner = evaluation.winner
     trained = result.outputs.get("train", {}).get(winner)
+    if winner == ENSEMBLE:
+        return [("winner", f"ensemble of {describe(evaluation.ensemble)} (weights)")]
     if trained is None:
         return [("winner", winner)]
     tune_run = result.runs.get(f"tune.{winner}")

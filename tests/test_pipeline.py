@@ -96,7 +96,7 @@ def test_each_stage_alone_finds_the_upstream_runs(make_cfg):
     assert decision.alias == "champion"
     version = client.get_model_version_by_alias("breast_cancer", "champion")
     assert str(version.version) == decision.version
-    assert version.tags["train.run_id"] == trained.run_ids["train.network"]
+    assert version.tags["model.run_id"] == trained.run_ids["train.network"]
 
     # no run was left open; only the parent of the evaluate attempt without a train run failed
     runs = client.search_runs([prepared.experiment_id])
@@ -180,7 +180,7 @@ def test_cli_runs_every_stage_and_records_them(run_cli, store):
 
     version = client.get_model_version_by_alias("wine", "champion")
     assert str(version.version) == "1"
-    assert version.tags["train.run_id"] == by_stage["train.network"].info.run_id
+    assert version.tags["model.run_id"] == by_stage["train.network"].info.run_id
     assert version.tags["model.family"] == "network" and version.tags["objective"] == "log_loss/minimize"
 
 

@@ -129,7 +129,7 @@ def test_better_model_is_promoted_worse_is_challenger(pipelines, data):
     assert _alias(name, CHAMPION) == better.version
     assert _alias(name, CHALLENGER) == worse.version
     version = MlflowClient().get_model_version(name, worse.version)
-    assert version.tags["train.run_id"] == pipelines.model(data, "bad").run_ids["train.network"]
+    assert version.tags["model.run_id"] == pipelines.model(data, "bad").run_ids["train.network"]
 
 
 @pytest.mark.parametrize("data", list(CASES))
@@ -257,7 +257,7 @@ def test_concurrent_registrations_end_with_the_better_champion(pipelines, regist
         assert process.returncode == 0, outputs[quality][-3000:]
 
     client = MlflowClient()
-    versions = {v.tags["train.run_id"]: v for v in client.search_model_versions(f"name = '{name}'")}
+    versions = {v.tags["model.run_id"]: v for v in client.search_model_versions(f"name = '{name}'")}
     assert len(versions) == 2
     good = versions[runs["good"].run_ids["train.network"]]
     bad = versions[runs["bad"].run_ids["train.network"]]

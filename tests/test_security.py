@@ -86,7 +86,7 @@ def tampered_champion(make_cfg, store, tmp_path):
     result = run_pipeline(make_cfg("stages=[prepare,train,evaluate,register]", "candidates=[linear]"))
     mlflow.set_tracking_uri(store)
     version = MlflowClient().get_model_version_by_alias("breast_cancer", "champion")
-    model_id = MlflowClient().get_run(version.tags["train.run_id"]).data.tags["model.id"]
+    model_id = MlflowClient().get_run(version.tags["model.run_id"]).data.tags["model.id"]
     folder = _local(mlflow.get_logged_model(model_id).artifact_location)
     marker = tmp_path / "code-ran"
     code = folder / "code" / "pipeline" / "serving" / "packaging.py"
@@ -165,7 +165,7 @@ def test_a_champion_without_recorded_digests_is_refused_until_registered_again(m
     first = run_pipeline(make_cfg(*quick))
     name, version = first.outputs["register"].model_name, first.outputs["register"].version
     client = MlflowClient()
-    for tag in ("model.sha256", "train.run_id"):
+    for tag in ("model.sha256", "model.run_id"):
         client.delete_model_version_tag(name, version, tag)
     rows = tmp_path / "rows.csv"
     first.outputs["prepare"].frames["test"].head(3).to_csv(rows, index=False)

@@ -111,6 +111,7 @@ class EvaluateConfig:
     bootstrap: int = 1000
     confidence: float = 0.95
     calibration_bins: int = 10
+    ensemble_rounds: int = 25
 
 
 @dataclass

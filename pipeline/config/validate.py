@@ -154,6 +154,7 @@ RULES: list[tuple[str, Check]] = [
     ("evaluate.bootstrap", at_least(0)),
     ("evaluate.confidence", fraction),
     ("evaluate.calibration_bins", at_least(2)),
+    ("evaluate.ensemble_rounds", at_least(0)),
     ("registry.model_name", optional(model_name)),
     ("registry.min_delta", at_least(0.0)),
     ("serve.port", port),

@@ -43,11 +43,16 @@ def family(name: str) -> Family:
 
 
 def load_fitted(directory: Any) -> Any:
-    """A fitted model saved by a family's `fitted().save(dir)`, by the kind it recorded."""
+    """A fitted model saved by a family's `fitted().save(dir)` (or an ensemble's), by the kind it
+    recorded."""
     import json
     from pathlib import Path
 
     directory = Path(directory)
+    from pipeline.ensemble import META_FILE, EnsembleModel
+
+    if (directory / META_FILE).is_file():
+        return EnsembleModel.load(directory)
     if (directory / "estimator.json").is_file() and json.loads((directory / "estimator.json").read_text())[
         "kind"
     ] == "estimator":

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
+from pipeline.ensemble import VAL_PREDICTIONS_FILE, load_predictions, save_predictions
 from pipeline.metrics import Objective
 
 if TYPE_CHECKING:  # a served tree model never imports torch
@@ -79,6 +80,8 @@ class TrainedEstimator:
     refit: bool = False  # fitted again on train and val for the best epoch (or step) count
     fit_rows: int = 0  # the rows the final model was fitted on (train, or train and val after a refit)
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)  # PNGs the record drew; never saved
+    # the first fit's predictions on the validation split (the ensemble's weights are chosen on them)
+    val_predictions: tuple[Any, Any] | None = field(default=None, repr=False)
 
     def fitted(self) -> EstimatorModel:
         return self.model
@@ -90,13 +93,18 @@ class TrainedEstimator:
 
     def save(self, directory: Path) -> None:
         self.model.save(directory / "model")
-        meta = {k: v for k, v in self.__dict__.items() if k not in ("model", "figures")}
+        meta = {k: v for k, v in self.__dict__.items() if k not in ("model", "figures", "val_predictions")}
         (directory / "trained.json").write_text(json.dumps(meta, indent=2, default=float))
+        save_predictions(self.val_predictions, directory / VAL_PREDICTIONS_FILE)
 
     @classmethod
     def load(cls, directory: Path) -> TrainedEstimator:
         meta = json.loads((directory / "trained.json").read_text())
-        return cls(model=EstimatorModel.load(directory / "model"), **meta)
+        return cls(
+            model=EstimatorModel.load(directory / "model"),
+            val_predictions=load_predictions(directory / VAL_PREDICTIONS_FILE),
+            **meta,
+        )
 
 
 def val_record(model: EstimatorModel, data: TrainingData, objective: Objective) -> dict[str, float]:

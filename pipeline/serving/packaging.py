@@ -161,11 +161,12 @@ def _public(version: str) -> str:
     return version.split("+", 1)[0]
 
 
-def pip_requirements(kind: str) -> list[str]:
-    """The packages the model needs where it is served, pinned to the versions it was made with;
-    a network also needs torch, whose CPU build comes from PyTorch's index."""
+def pip_requirements(kinds: set[str]) -> list[str]:
+    """The packages a model of these kinds (its own, or its members') needs where it is served,
+    pinned to the versions it was made with; a network also needs torch, whose CPU build comes
+    from PyTorch's index."""
     pinned = [f"{name}=={_public(metadata.version(name))}" for name in REQUIREMENTS]
-    if kind == "network":
+    if "network" in kinds:
         pinned = [
             f"--extra-index-url {TORCH_CPU_INDEX}",
             f"torch=={_public(metadata.version('torch'))}",
@@ -188,6 +189,6 @@ def log_model(predictor: Predictor, input_example: pd.DataFrame) -> tuple[str, s
             code_paths=[str(PACKAGE_DIR)],
             signature=signature(predictor),
             input_example=input_example,
-            pip_requirements=pip_requirements(predictor.model.kind),
+            pip_requirements=pip_requirements(getattr(predictor.model, "kinds", {predictor.model.kind})),
         )
     return info.model_uri, info.model_id

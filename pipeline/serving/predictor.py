@@ -22,7 +22,15 @@ class Predictor:
 
     def predict_encoded(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         """Predictions as class indices (or values) and probabilities, for metric computation."""
-        return self.model.predict(self.preprocessing.transform(frame, encoding=self.model.encoding))
+        return self.model.predict(self.features(frame))
+
+    def features(self, frame: pd.DataFrame) -> Any:
+        """The rows as the model takes them; an ensemble's members each in their own encoding."""
+        from pipeline.ensemble import MIXED
+
+        if self.model.encoding == MIXED:
+            return {e: self.preprocessing.transform(frame, encoding=e) for e in self.model.encodings}
+        return self.preprocessing.transform(frame, encoding=self.model.encoding)
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         pred, proba = self.predict_encoded(frame)

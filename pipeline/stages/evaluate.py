@@ -16,12 +16,11 @@ import pandas as pd
 
 from pipeline.config.choices import FLOOR_TITLES, FLOORS
 from pipeline.config.schema import EvaluateConfig
+from pipeline.ensemble import ENSEMBLE, Predictions, blend, describe, greedy_weights
 from pipeline.families import family as declared_family
 from pipeline.metrics import Objective, task_metrics
 from pipeline.stages import Stage, StageCall
 from pipeline.stages.prepare import PreparedData
-
-Predictions = tuple[np.ndarray, np.ndarray | None]
 
 
 @dataclass
@@ -34,6 +33,7 @@ class Evaluation:
     comparisons: list[dict[str, Any]]  # the winner against others: difference and interval on test
     verdict: str
     notes: list[str] = field(default_factory=list)
+    ensemble: dict[str, float] = field(default_factory=dict)  # the ensemble's weights; {} when none
     figures: dict[str, Any] = field(default_factory=dict, repr=False)  # Figures, then their PNGs
 
     def table(self) -> pd.DataFrame:
@@ -57,6 +57,8 @@ def title(name: str, task: str) -> str:
     """How the verdict names a family or the floor."""
     if name in FLOORS:
         return FLOOR_TITLES["regression" if task == "regression" else "classification"]
+    if name == ENSEMBLE:
+        return "the ensemble"
     return declared_family(name).title(task)
 
 
@@ -135,6 +137,39 @@ def _family_row(
     return row, test
 
 
+def _ensemble(
+    rounds: int,
+    trained: dict[str, Any],
+    test_predictions: dict[str, Predictions],
+    prepared: PreparedData,
+    objective: Objective,
+) -> tuple[dict[str, float], dict[str, Any] | None, Predictions | None]:
+    """The families' greedy ensemble on validation: its weights, its row and its test predictions;
+    no row when it would be a single family (or fewer than two families have val predictions)."""
+    val = {
+        n: m.val_predictions for n, m in trained.items() if getattr(m, "val_predictions", None) is not None
+    }
+    if rounds == 0 or len(val) < 2:
+        return {}, None, None
+    weights = greedy_weights(objective, prepared.targets["val"], val, rounds)
+    if len(weights) < 2:
+        return weights, None, None
+    test = blend(weights, test_predictions)
+    val_score = objective.score(prepared.targets["val"], *blend(weights, val))
+    seconds = sum(trained[n].seconds for n in weights)
+    return weights, _row(ENSEMBLE, val_score, test, prepared, seconds), test
+
+
+def ensemble_predictor(prepared: PreparedData, trained: dict[str, Any], weights: dict[str, float]) -> Any:
+    """The ensemble as a deployable model: raw rows in, like any family's."""
+    from pipeline.ensemble import EnsembleModel
+    from pipeline.serving.predictor import Predictor
+
+    return Predictor(
+        prepared.preprocessing, EnsembleModel({n: trained[n].fitted() for n in weights}, weights)
+    )
+
+
 def _floor(prepared: PreparedData, name: str) -> tuple[Predictions, Predictions, float]:
     from pipeline.families.estimator import EstimatorModel
 
@@ -183,6 +218,12 @@ def evaluate(
     for name, model in trained.items():
         row, test_predictions[name] = _family_row(name, model, prepared, objective)
         rows.append(row)
+    weights, row, test = _ensemble(
+        evaluate_cfg.ensemble_rounds, trained, test_predictions, prepared, objective
+    )
+    if row is not None:
+        rows.append(row)
+        test_predictions[ENSEMBLE] = test
     winner = _winner(rows, objective)
     comparisons = []
     for other in _rivals(winner, rows, objective):
@@ -212,6 +253,8 @@ def evaluate(
         rows=rows,
         comparisons=comparisons,
         verdict=verdict_line(winner, win_row[f"val_{objective.metric}"], objective.metric, task, comparisons),
+        notes=[f"the ensemble's weights: {describe(weights)}"] if row is not None else [],
+        ensemble=weights if row is not None else {},
         figures=_figures(prepared, pred, proba, evaluate_cfg.calibration_bins) if with_figures else {},
     )
 
@@ -261,8 +304,14 @@ def record(run: Any, evaluation: Evaluation, call: StageCall) -> None:
         if k.startswith(("val_", "test_")) and v is not None
     }
     differences = {f"winner_minus_{c['other']}": c["difference"] for c in evaluation.comparisons}
+    weights = {f"ensemble.weight.{n}": w for n, w in evaluation.ensemble.items()}
     run.log(
-        metrics={**{f"test_{k}": v for k, v in evaluation.metrics.items()}, **per_model, **differences},
+        metrics={
+            **{f"test_{k}": v for k, v in evaluation.metrics.items()},
+            **per_model,
+            **differences,
+            **weights,
+        },
         tags={
             "winner": evaluation.winner,
             "verdict": evaluation.verdict,
@@ -270,12 +319,17 @@ def record(run: Any, evaluation: Evaluation, call: StageCall) -> None:
         },
     )
     prepared = call.upstream["prepare"]
+    if evaluation.winner == ENSEMBLE:  # the registered model; a family's is logged by its train run
+        run.model(
+            ensemble_predictor(prepared, call.upstream["train"], evaluation.ensemble),
+            prepared.frames["test"].head(3),
+        )
     test_set = (prepared.name, prepared.split_digests["test"])  # as the prepare run logged it
     for row in evaluation.rows:
-        trained = call.upstream_runs.get(f"train.{row['model']}")
-        if trained is not None and trained.tags.get("model.id"):
+        logged = run if row["model"] == ENSEMBLE else call.upstream_runs.get(f"train.{row['model']}")
+        if logged is not None and logged.tags.get("model.id"):
             scores = {k: v for k, v in row.items() if k.startswith("test_") and v is not None}
-            run.model_metrics(trained.tags["model.id"], scores, test_set)
+            run.model_metrics(logged.tags["model.id"], scores, test_set)
     run.files(
         {
             "comparison.csv": evaluation.table().to_csv(index=False),

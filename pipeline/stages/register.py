@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from pipeline.config.schema import RegistryConfig
 from pipeline.console import say
+from pipeline.ensemble import ENSEMBLE, describe
 from pipeline.errors import UpstreamMissing
 from pipeline.metrics import Objective
 from pipeline.stages import Stage, StageCall
@@ -275,10 +276,12 @@ def run(call: StageCall) -> Decision:
     prepared: PreparedData = call.upstream["prepare"]
     evaluation = call.upstream["evaluate"]
     winner = evaluation.winner
-    train_run = call.upstream_runs[f"train.{winner}"]
-    model_uri = train_run.tags.get("model.uri")
+    # a family's model is logged by its train run; the ensemble's by the evaluate run
+    stage = "evaluate" if winner == ENSEMBLE else "train"
+    model_run = call.upstream_runs["evaluate" if winner == ENSEMBLE else f"train.{winner}"]
+    model_uri = model_run.tags.get("model.uri")
     if not model_uri:
-        raise UpstreamMissing(f"train run {train_run.run_id} logged no model; run stage train again")
+        raise UpstreamMissing(f"{stage} run {model_run.run_id} logged no model; run stage {stage} again")
     objective, git = call.invocation.objective, call.invocation.git
     new_score = evaluation.metrics[objective.metric]
     tags = {
@@ -286,9 +289,10 @@ def run(call: StageCall) -> Decision:
         "git.dirty": git["dirty"],
         "data.digest": prepared.digest,
         "config.digest": call.invocation.config_digest,
-        "train.run_id": train_run.run_id,
-        "model.sha256": train_run.tags.get("model.sha256", ""),
+        "model.run_id": model_run.run_id,
+        "model.sha256": model_run.tags.get("model.sha256", ""),
         "model.family": winner,
+        **({"ensemble.weights": describe(evaluation.ensemble)} if evaluation.ensemble else {}),
         "objective": f"{objective.metric}/{objective.direction}",
         "val_score": f"{evaluation.row(winner)[f'val_{objective.metric}']:.6g}",
         "test_score": f"{new_score:.6g}",
@@ -307,7 +311,7 @@ def run(call: StageCall) -> Decision:
     decision.family = winner
     from pipeline.model_card import model_card
 
-    card = model_card(prepared, evaluation, call.upstream["train"][winner], decision, call.cfg.serve.port)
+    card = model_card(prepared, evaluation, call.upstream["train"].get(winner), decision, call.cfg.serve.port)
     registry.describe(decision.model_name, decision.version, card, {})
     return decision
 

@@ -46,8 +46,10 @@ def train(
         on_step=on_epoch,
         progress=progress,
     )
+    val_predictions = trained.fitted().predict(data.x_val)  # before a refit sees those rows
     if settings.train.refit:
         trained = refit(declared, settings, data, objective, trained)
+    trained.val_predictions = val_predictions
     trained.params_source = "tune" if values else "config"
     trained.applied_values = values
     trained.overridden = {

@@ -108,6 +108,8 @@ def checked_model(model_uri: str, run_id: str | None, expected: str | None, into
 
 
 def version_record(name: str, version: str) -> tuple[str | None, str | None]:
-    """(train run, model digest) recorded on a registered version."""
+    """(the run that logged the model, model digest) recorded on a registered version."""
     tags: dict[str, Any] = MlflowClient().get_model_version(name, version).tags
-    return tags.get("train.run_id"), tags.get(MODEL_TAG)
+    return tags.get("model.run_id", tags.get("train.run_id")), tags.get(
+        MODEL_TAG
+    )  # train.run_id: older versions
