@@ -22,7 +22,8 @@ from pipeline.metrics import Objective
 ENSEMBLE = "ensemble"
 MIXED = "mixed"  # the ensemble's encoding: each member takes its own
 META_FILE, MEMBERS_DIR = "ensemble.json", "members"
-VAL_PREDICTIONS_FILE = "val_predictions.npz"
+# a trained family's predictions that selection reads: attribute -> file
+PREDICTION_FILES = {"val_predictions": "val_predictions.npz", "oof_predictions": "oof_predictions.npz"}
 
 Predictions = tuple[np.ndarray, np.ndarray | None]  # class indices (or values), probabilities
 
@@ -68,19 +69,24 @@ def greedy_weights(
     return {n: c / total for n, c in best_counts.items() if c}
 
 
-def save_predictions(predictions: Predictions | None, path: Path) -> None:
-    if predictions is not None:
-        pred, proba = predictions
-        np.savez(path, pred=pred, **({} if proba is None else {"proba": proba}))
+def save_predictions(trained: Any, directory: Path) -> None:
+    """A trained family's validation and out-of-fold predictions, beside its saved model."""
+    for attribute, name in PREDICTION_FILES.items():
+        predictions = getattr(trained, attribute)
+        if predictions is not None:
+            pred, proba = predictions
+            np.savez(directory / name, pred=pred, **({} if proba is None else {"proba": proba}))
 
 
-def load_predictions(path: Path) -> Predictions | None:
-    """Predictions `save_predictions` wrote, or None when there are none (saved by an earlier
-    version); plain arrays only, never pickled objects."""
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as saved:
-        return saved["pred"], saved["proba"] if "proba" in saved else None
+def load_predictions(directory: Path) -> dict[str, Predictions | None]:
+    """What `save_predictions` wrote, by attribute; None for what it did not (none made, or an
+    earlier version's run). Plain arrays only, never pickled objects."""
+    loaded: dict[str, Predictions | None] = dict.fromkeys(PREDICTION_FILES)
+    for attribute, name in PREDICTION_FILES.items():
+        if (directory / name).is_file():
+            with np.load(directory / name, allow_pickle=False) as saved:
+                loaded[attribute] = saved["pred"], saved["proba"] if "proba" in saved else None
+    return loaded
 
 
 class EnsembleModel:

@@ -35,6 +35,8 @@ def _scores(evaluation: Any) -> list[str]:
 def model_card(prepared: Any, evaluation: Any, trained: Any, decision: Any, port: int = 5001) -> str:
     """The registered version in a page: data, family and settings, scores, verdict, gate, use."""
     card = prepared.card
+    won = evaluation.row(evaluation.winner)
+    scores = [("cv", f"cv_{evaluation.objective}"), ("val", f"val_{evaluation.objective}")]
     if trained is None:  # the ensemble: its members' runs hold their settings
         family = f"- family: {evaluation.winner} of {describe(evaluation.ensemble)} (weights)"
         settings = ["- each member's settings: its train run"]
@@ -54,7 +56,7 @@ def model_card(prepared: Any, evaluation: Any, trained: Any, decision: Any, port
             family,
             *settings,
             f"- objective: {evaluation.objective} ({evaluation.direction}); "
-            f"val {evaluation.row(evaluation.winner)[f'val_{evaluation.objective}']:.4f}",
+            + ", ".join(f"{basis} {won[key]:.4f}" for basis, key in scores if key in won),
             "",
             "## Scores",
             *_scores(evaluation),

@@ -72,7 +72,8 @@ def record_outcome(
     tags: dict[str, Any] = {f"upstream.{s}": r for s, r in run_ids.items()}
     if "evaluate" in outputs:
         evaluation = outputs["evaluate"]
-        metrics[f"val_{objective.metric}"] = evaluation.row(evaluation.winner)[f"val_{objective.metric}"]
+        won = evaluation.row(evaluation.winner)
+        metrics.update({k: won[k] for k in (f"val_{objective.metric}", f"cv_{objective.metric}") if k in won})
         metrics.update({f"test_{k}": v for k, v in evaluation.metrics.items()})
         tags["winner"] = evaluation.winner
     if "train" in stages and "network" in outputs.get("train", {}):

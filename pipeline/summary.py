@@ -24,10 +24,13 @@ def _data_line(prepared: Any) -> str:
 def _families(result: Any) -> list[tuple[str, str]]:
     """One line per family (and the floor): validation and test objective, the winner marked."""
     evaluation, metric = result.outputs["evaluate"], result.objective.metric
-    rows = [("families", f"val {metric} / test {metric}")]
+    bases = ["cv", "val", "test"] if evaluation.selected_on == "cv" else ["val", "test"]
+    rows = [("families", " / ".join(f"{b} {metric}" for b in bases))]
     for row in evaluation.rows:
         mark = "   <- winner" if row["model"] == evaluation.winner else ""
-        rows.append((f"  {row['model']}", f"{row[f'val_{metric}']:.4f} / {row[f'test_{metric}']:.4f}{mark}"))
+        scores = [row.get(f"{b}_{metric}") for b in bases]
+        shown = " / ".join("-" if v is None or v != v else f"{v:.4f}" for v in scores)
+        rows.append((f"  {row['model']}", f"{shown}{mark}"))
     return rows
 
 

@@ -59,6 +59,11 @@ def test_cli_rejects_out_of_range_values_with_one_line(run_cli, override, key):
         (["data.split.strategy=group"], "needs data.split.group=<column>"),
         (["model.dropout=1.0"], "model.dropout=1.0 is out of range"),
         (["train.label_smoothing=-0.1"], "train.label_smoothing=-0.1 is out of range"),
+        (
+            ["train.cv_folds=1"],
+            r"train.cv_folds=1 is out of range; it must be 0 \(the validation split alone\) or >= 2",
+        ),
+        (["evaluate.ensemble_rounds=-1"], "evaluate.ensemble_rounds=-1 is out of range"),
         (["objective.metric=rmse_log"], "objective.metric='rmse_log' is not valid"),
         (["candidates=[network,xgboost]"], "candidates='xgboost' is not valid; expected one of network"),
         (["candidates=[]"], r"candidates=\[\] is empty"),

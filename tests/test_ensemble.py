@@ -131,3 +131,51 @@ def test_an_ensemble_that_wins_on_validation_is_registered_and_serves_raw_rows(m
         )
     )
     assert alone.outputs["evaluate"].ensemble == evaluation.ensemble
+
+
+def test_out_of_fold_predictions_come_from_fits_that_never_saw_the_row(make_cfg):
+    """Each train or val row's out-of-fold prediction is the one of the family fitted on the other
+    folds; stratified folds keep every class in each."""
+    from conftest import prepare_config
+
+    from pipeline.families import family, settings_of
+    from pipeline.metrics import resolve_objective
+    from pipeline.stages.train import out_of_fold
+    from pipeline.training.data import cross_validation_folds
+
+    cfg = make_cfg("data=wine", "tracking.enabled=false")
+    prepared = prepare_config(cfg)
+    data, objective = prepared.training_data(), resolve_objective(None, None, prepared.task)
+    declared, settings = family("random_forest"), settings_of(cfg)
+    pred, proba = out_of_fold(declared, settings, data, objective, steps=2, folds=3)
+    rows = len(data.y_train) + len(data.y_val)
+    assert pred.shape == (rows,) and proba.shape == (rows, 3)
+    folds = cross_validation_folds(data, 3, int(cfg.seed))
+    assert sorted(np.concatenate([held for _, held in folds]).tolist()) == list(range(rows))
+    fold, held = folds[1]
+    assert all(len(np.unique(f.y_val)) == 3 for f, _ in folds)
+    alone = declared.fit(settings, fold, objective, stop_after=2).fitted().predict(fold.x_val)
+    np.testing.assert_allclose(proba[held], alone[1])
+
+
+@pytest.mark.parametrize(
+    "overrides,strategy,expected",
+    [
+        (["candidates=[network,linear]"], "stratified", 5),
+        (["candidates=[network,linear]", "train.cv_folds=3"], "random", 3),
+        (["candidates=[network]"], "stratified", 0),  # nothing to choose between
+        (["candidates=[network,linear]", "train.cv_max_rows=100"], "stratified", 0),  # enough rows
+        (["candidates=[network,linear]"], "time", 0),  # folds would let the past see the future
+        (["candidates=[network,linear]"], "group", 0),  # folds would split groups
+        (["candidates=[network,linear]", "train.cv_folds=0"], "stratified", 0),
+    ],
+)
+def test_when_out_of_fold_predictions_are_made(make_cfg, overrides, strategy, expected):
+    from types import SimpleNamespace
+
+    from pipeline.stages.train import cv_folds
+
+    prepared = SimpleNamespace(
+        targets={"train": np.zeros(140), "val": np.zeros(30)}, card={"split_strategy": strategy}
+    )
+    assert cv_folds(make_cfg(*overrides), prepared) == expected

@@ -288,3 +288,35 @@ def test_evaluation_save_round_trips_without_copying_figures(tmp_path):
     loaded = Evaluation.load(tmp_path)
     assert loaded.figures == {} and loaded.metrics == {"accuracy": 0.9}
     assert loaded.comparisons == evaluation.comparisons and loaded.row("dummy")["val_accuracy"] == 0.4
+
+
+class _FixedWithFolds(_Fixed):
+    """A stand-in family that also has out-of-fold predictions on the train and val rows."""
+
+    def __init__(self, val_score, pred, proba, oof):
+        super().__init__(val_score, pred, proba)
+        self.val_predictions, self.oof_predictions = None, oof
+
+
+def test_out_of_fold_scores_choose_when_every_family_has_them(make_cfg, prepared):
+    """On out-of-fold predictions (every train and val row) the family that validation alone would
+    have ranked second wins; the rows show both scores and the verdict says what chose."""
+    cfg = make_cfg("data=wine", "evaluate.bootstrap=20")
+    objective = Objective("log_loss", "minimize")
+    y_test, k = prepared.targets["test"], prepared.n_classes
+    pooled = np.concatenate([prepared.targets["train"], prepared.targets["val"]])
+    sure, unsure = np.eye(k)[pooled] * 0.9 + 0.1 / k, np.eye(k)[pooled] * 0.4 + 0.6 / k
+    test_proba = np.eye(k)[y_test] * 0.9 + 0.1 / k
+    trained = {
+        "linear": _FixedWithFolds(0.1, y_test, test_proba, (pooled, unsure)),  # best on val alone
+        "random_forest": _FixedWithFolds(0.3, y_test, test_proba, (pooled, sure)),  # best out of fold
+    }
+    result = evaluate(cfg.evaluate, cfg.seed, prepared, trained, objective, with_figures=False)
+    assert result.winner == "random_forest" and result.selected_on == "cv"
+    assert result.row("random_forest")["cv_log_loss"] == pytest.approx(skm.log_loss(pooled, sure))
+    assert result.row("linear")["val_log_loss"] == 0.1
+    assert "random forest wins on out-of-fold predictions of train and val (cv log_loss" in result.verdict
+    # a family without them (trained before they existed, or alone): validation chooses for all
+    trained["linear"].oof_predictions = None
+    result = evaluate(cfg.evaluate, cfg.seed, prepared, trained, objective, with_figures=False)
+    assert result.winner == "linear" and result.selected_on == "val"

@@ -86,6 +86,8 @@ class TrainConfig:
     compile: bool = False
     params_from: str = "auto"  # auto: the tune run when there is one; config: never
     refit: bool = True  # fit the final model again on train and val rows, for its best epoch count
+    cv_folds: int = 5  # out-of-fold predictions that choose the winner; 0: the validation split
+    cv_max_rows: int = 20000  # above this many train and val rows, the validation split chooses
 
 
 @dataclass

@@ -49,6 +49,12 @@ def share(key: str, value: float) -> str | None:
     return None if 0.0 <= value < 1.0 else f"{key}={value} is out of range; it must be in [0, 1)"
 
 
+def folds(key: str, value: int) -> str | None:
+    if value == 0 or value >= 2:
+        return None
+    return f"{key}={value} is out of range; it must be 0 (the validation split alone) or >= 2"
+
+
 def port(key: str, value: int) -> str | None:
     return None if 1 <= value <= 65535 else f"{key}={value} is out of range; it must be 1-65535"
 
@@ -127,6 +133,8 @@ RULES: list[tuple[str, Check]] = [
     ("train.threads", optional(at_least(1))),
     ("train.device", one_of(choices.DEVICES)),
     ("train.params_from", one_of(choices.PARAMS_FROM)),
+    ("train.cv_folds", folds),
+    ("train.cv_max_rows", at_least(0)),
     ("tune.n_trials", at_least(1)),
     ("tune.epochs", at_least(1)),
     ("tune.timeout", optional(above(0))),

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
-from pipeline.ensemble import VAL_PREDICTIONS_FILE, load_predictions, save_predictions
+from pipeline.ensemble import load_predictions, save_predictions
 from pipeline.metrics import Objective
 
 if TYPE_CHECKING:  # a served tree model never imports torch
@@ -82,6 +82,8 @@ class TrainedEstimator:
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)  # PNGs the record drew; never saved
     # the first fit's predictions on the validation split (the ensemble's weights are chosen on them)
     val_predictions: tuple[Any, Any] | None = field(default=None, repr=False)
+    # out-of-fold predictions on the train and val rows (train.cv_folds), when made
+    oof_predictions: tuple[Any, Any] | None = field(default=None, repr=False)
 
     def fitted(self) -> EstimatorModel:
         return self.model
@@ -93,16 +95,20 @@ class TrainedEstimator:
 
     def save(self, directory: Path) -> None:
         self.model.save(directory / "model")
-        meta = {k: v for k, v in self.__dict__.items() if k not in ("model", "figures", "val_predictions")}
+        meta = {
+            k: v
+            for k, v in self.__dict__.items()
+            if k not in ("model", "figures", "val_predictions", "oof_predictions")
+        }
         (directory / "trained.json").write_text(json.dumps(meta, indent=2, default=float))
-        save_predictions(self.val_predictions, directory / VAL_PREDICTIONS_FILE)
+        save_predictions(self, directory)
 
     @classmethod
     def load(cls, directory: Path) -> TrainedEstimator:
         meta = json.loads((directory / "trained.json").read_text())
         return cls(
             model=EstimatorModel.load(directory / "model"),
-            val_predictions=load_predictions(directory / VAL_PREDICTIONS_FILE),
+            **load_predictions(directory),
             **meta,
         )
 

@@ -34,6 +34,7 @@ class Evaluation:
     verdict: str
     notes: list[str] = field(default_factory=list)
     ensemble: dict[str, float] = field(default_factory=dict)  # the ensemble's weights; {} when none
+    selected_on: str = "val"  # what chose the winner: "val", or "cv" (out-of-fold predictions)
     figures: dict[str, Any] = field(default_factory=dict, repr=False)  # Figures, then their PNGs
 
     def table(self) -> pd.DataFrame:
@@ -105,9 +106,16 @@ def compare_phrase(other: str, difference: float, interval: list[float]) -> str:
 
 
 def verdict_line(
-    winner: str, val_score: float, metric: str, task: str, comparisons: list[dict[str, Any]]
+    winner: str,
+    score: float,
+    metric: str,
+    task: str,
+    comparisons: list[dict[str, Any]],
+    basis: str = "val",
 ) -> str:
-    head = f"{title(winner, task)} wins on validation (val {metric} {val_score:.4f})"
+    """`score`: the winner's on the basis it was chosen on, "val" or "cv" (out-of-fold)."""
+    on = "validation" if basis == "val" else "out-of-fold predictions of train and val"
+    head = f"{title(winner, task)} wins on {on} ({basis} {metric} {score:.4f})"
     if not comparisons:
         return f"{head}; it was the only candidate"
     phrases = [compare_phrase(title(c["other"], task), c["difference"], c["interval"]) for c in comparisons]
@@ -129,12 +137,26 @@ def _row(
 def _family_row(
     name: str, model: Any, prepared: PreparedData, objective: Objective
 ) -> tuple[dict[str, Any], Predictions]:
-    """A trained family on val (its score at its best epoch or step) and test."""
+    """A trained family on val (its score at its best epoch or step), on its out-of-fold
+    predictions when it has them, and on test."""
     fitted = model.fitted()
     test = fitted.predict(prepared.encoded(fitted.encoding)["test"])
     row = _row(name, float(model.best_score), test, prepared, model.seconds)
     row["val_loss"] = model.history[model.best_epoch].get("val_loss") if model.history else None
+    if getattr(model, "oof_predictions", None) is not None:
+        row["cv"] = objective.score(_pooled_targets(prepared), *model.oof_predictions)
     return row, test
+
+
+def _pooled_targets(prepared: PreparedData) -> np.ndarray:
+    """The targets of the out-of-fold predictions: training rows, then validation rows."""
+    return np.concatenate([prepared.targets["train"], prepared.targets["val"]])
+
+
+def _selection_basis(trained: dict[str, Any]) -> str:
+    """What chooses: out-of-fold predictions ("cv") when every family has them, else "val"."""
+    with_oof = [getattr(m, "oof_predictions", None) is not None for m in trained.values()]
+    return "cv" if with_oof and all(with_oof) else "val"
 
 
 def _ensemble(
@@ -143,21 +165,29 @@ def _ensemble(
     test_predictions: dict[str, Predictions],
     prepared: PreparedData,
     objective: Objective,
+    basis: str,
 ) -> tuple[dict[str, float], dict[str, Any] | None, Predictions | None]:
-    """The families' greedy ensemble on validation: its weights, its row and its test predictions;
-    no row when it would be a single family (or fewer than two families have val predictions)."""
-    val = {
-        n: m.val_predictions for n, m in trained.items() if getattr(m, "val_predictions", None) is not None
-    }
-    if rounds == 0 or len(val) < 2:
+    """The families' greedy ensemble, its weights chosen on the selection basis: its weights, its
+    row and its test predictions; none when it would be a single family (or fewer than two
+    families have predictions to choose on)."""
+    attribute, y = (
+        ("oof_predictions", _pooled_targets(prepared)) if basis == "cv" else ("val_predictions", None)
+    )
+    chosen_on = {n: getattr(m, attribute, None) for n, m in trained.items()}
+    chosen_on = {n: p for n, p in chosen_on.items() if p is not None}
+    if rounds == 0 or len(chosen_on) < 2:
         return {}, None, None
-    weights = greedy_weights(objective, prepared.targets["val"], val, rounds)
+    y_val = prepared.targets["val"]
+    weights = greedy_weights(objective, y_val if y is None else y, chosen_on, rounds)
     if len(weights) < 2:
-        return weights, None, None
+        return {}, None, None
     test = blend(weights, test_predictions)
-    val_score = objective.score(prepared.targets["val"], *blend(weights, val))
-    seconds = sum(trained[n].seconds for n in weights)
-    return weights, _row(ENSEMBLE, val_score, test, prepared, seconds), test
+    val = {n: getattr(trained[n], "val_predictions", None) for n in weights}
+    val_score = np.nan if None in val.values() else objective.score(y_val, *blend(weights, val))
+    row = _row(ENSEMBLE, val_score, test, prepared, sum(trained[n].seconds for n in weights))
+    if y is not None:
+        row["cv"] = objective.score(y, *blend(weights, chosen_on))
+    return weights, row, test
 
 
 def ensemble_predictor(prepared: PreparedData, trained: dict[str, Any], weights: dict[str, float]) -> Any:
@@ -180,11 +210,12 @@ def _floor(prepared: PreparedData, name: str) -> tuple[Predictions, Predictions,
     return model.predict(prepared.features["val"]), model.predict(prepared.features["test"]), seconds
 
 
-def _winner(rows: list[dict[str, Any]], objective: Objective) -> str:
+def _winner(rows: list[dict[str, Any]], objective: Objective, basis: str = "val") -> str:
     def rank(row: dict[str, Any]) -> tuple[bool, float, float]:
-        # best val objective first; an undefined score (NaN, e.g. AUC on a one-class split) last;
-        # a tie (common on a small validation split) goes to the lower validation loss
-        value = float(row["val"])
+        # best objective on the basis (val or cv) first; an undefined score (NaN, e.g. AUC on a
+        # one-class split) last; a tie (common on a small validation split) goes to the lower
+        # validation loss
+        value = float(row[basis])
         loss = row.get("val_loss")
         return (
             bool(np.isnan(value)),
@@ -195,10 +226,10 @@ def _winner(rows: list[dict[str, Any]], objective: Objective) -> str:
     return min(rows, key=rank)["model"]
 
 
-def _rivals(winner: str, rows: list[dict[str, Any]], objective: Objective) -> list[str]:
-    """Whom the winner is compared with: the best other family on validation, and the network."""
+def _rivals(winner: str, rows: list[dict[str, Any]], objective: Objective, basis: str) -> list[str]:
+    """Whom the winner is compared with: the best other model on the basis, and the network."""
     others = [r for r in rows if r["model"] != winner]
-    rivals = [_winner(others, objective)] if others else []
+    rivals = [_winner(others, objective, basis)] if others else []
     if "network" not in rivals and winner != "network" and any(r["model"] == "network" for r in rows):
         rivals.append("network")
     return rivals
@@ -212,21 +243,23 @@ def evaluate(
     objective: Objective,
     with_figures: bool = True,
 ) -> Evaluation:
-    """Every family and the floor on val and test; the winner chosen on val, compared on test."""
+    """Every family, their ensemble and the floor on val and test; the winner chosen on the
+    out-of-fold predictions when every family has them, else on val; compared on test."""
     task, y_test = prepared.task, prepared.targets["test"]
     rows, test_predictions = [], {}
     for name, model in trained.items():
         row, test_predictions[name] = _family_row(name, model, prepared, objective)
         rows.append(row)
-    weights, row, test = _ensemble(
-        evaluate_cfg.ensemble_rounds, trained, test_predictions, prepared, objective
+    basis = _selection_basis(trained)
+    weights, blended, test = _ensemble(
+        evaluate_cfg.ensemble_rounds, trained, test_predictions, prepared, objective, basis
     )
-    if row is not None:
-        rows.append(row)
+    if blended is not None:
+        rows.append(blended)
         test_predictions[ENSEMBLE] = test
-    winner = _winner(rows, objective)
+    winner = _winner(rows, objective, basis)
     comparisons = []
-    for other in _rivals(winner, rows, objective):
+    for other in _rivals(winner, rows, objective, basis):
         difference, interval = bootstrap_difference(
             objective,
             y_test,
@@ -243,6 +276,8 @@ def evaluate(
     )
     for row in rows:  # the objective's name in the column, like the test metrics
         row[f"val_{objective.metric}"] = row.pop("val")
+        if "cv" in row:
+            row[f"cv_{objective.metric}"] = row.pop("cv")
     win_row = next(r for r in rows if r["model"] == winner)
     pred, proba = test_predictions[winner]
     return Evaluation(
@@ -252,9 +287,12 @@ def evaluate(
         metrics={k[len("test_") :]: v for k, v in win_row.items() if k.startswith("test_")},
         rows=rows,
         comparisons=comparisons,
-        verdict=verdict_line(winner, win_row[f"val_{objective.metric}"], objective.metric, task, comparisons),
-        notes=[f"the ensemble's weights: {describe(weights)}"] if row is not None else [],
-        ensemble=weights if row is not None else {},
+        verdict=verdict_line(
+            winner, win_row[f"{basis}_{objective.metric}"], objective.metric, task, comparisons, basis
+        ),
+        notes=[f"the ensemble's weights: {describe(weights)}"] if weights else [],
+        ensemble=weights,
+        selected_on=basis,
         figures=_figures(prepared, pred, proba, evaluate_cfg.calibration_bins) if with_figures else {},
     )
 
@@ -275,7 +313,7 @@ def _figures(prepared: PreparedData, pred: np.ndarray, proba: np.ndarray | None,
 
 def comparison_markdown(evaluation: Evaluation) -> str:
     frame = evaluation.table()
-    metric_columns = [c for c in frame.columns if c.startswith(("val_", "test_"))]
+    metric_columns = [c for c in frame.columns if c.startswith(("cv_", "val_", "test_"))]
     lines = ["| " + " | ".join(["model", *metric_columns]) + " |", "|" + "---|" * (len(metric_columns) + 1)]
     for _, row in frame.iterrows():
         name = f"**{row['model']}** (winner)" if row["model"] == evaluation.winner else str(row["model"])
@@ -301,7 +339,7 @@ def record(run: Any, evaluation: Evaluation, call: StageCall) -> None:
         f"{'floor' if row['model'] in FLOORS else 'family'}.{row['model']}.{k}": v
         for row in evaluation.rows
         for k, v in row.items()
-        if k.startswith(("val_", "test_")) and v is not None
+        if k.startswith(("val_", "cv_", "test_")) and v is not None
     }
     differences = {f"winner_minus_{c['other']}": c["difference"] for c in evaluation.comparisons}
     weights = {f"ensemble.weight.{n}": w for n, w in evaluation.ensemble.items()}

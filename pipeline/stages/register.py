@@ -284,6 +284,7 @@ def run(call: StageCall) -> Decision:
         raise UpstreamMissing(f"{stage} run {model_run.run_id} logged no model; run stage {stage} again")
     objective, git = call.invocation.objective, call.invocation.git
     new_score = evaluation.metrics[objective.metric]
+    cv = f"cv_{objective.metric}" in evaluation.row(winner)
     tags = {
         "git.commit": git["commit"],
         "git.dirty": git["dirty"],
@@ -295,6 +296,8 @@ def run(call: StageCall) -> Decision:
         **({"ensemble.weights": describe(evaluation.ensemble)} if evaluation.ensemble else {}),
         "objective": f"{objective.metric}/{objective.direction}",
         "val_score": f"{evaluation.row(winner)[f'val_{objective.metric}']:.6g}",
+        **({"cv_score": f"{evaluation.row(winner)[f'cv_{objective.metric}']:.6g}"} if cv else {}),
+        "selected_on": evaluation.selected_on,
         "test_score": f"{new_score:.6g}",
         **{f"test_{k}": f"{v:.6g}" for k, v in evaluation.metrics.items()},
     }

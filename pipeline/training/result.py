@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pipeline.ensemble import VAL_PREDICTIONS_FILE, load_predictions, save_predictions
+from pipeline.ensemble import load_predictions, save_predictions
 from pipeline.models import NetworkSpec, build_network
 
 
@@ -37,6 +37,8 @@ class TrainedModel:
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)  # PNGs the record drew; never saved
     # the first fit's predictions on the validation split (the ensemble's weights are chosen on them)
     val_predictions: tuple[Any, Any] | None = field(default=None, repr=False)
+    # out-of-fold predictions on the train and val rows (train.cv_folds), when made
+    oof_predictions: tuple[Any, Any] | None = field(default=None, repr=False)
 
     def fitted(self) -> Any:
         """The network as a model that predicts from prepared features."""
@@ -71,7 +73,7 @@ class TrainedModel:
             "fit_rows": self.fit_rows,
         }
         (directory / "trained.json").write_text(json.dumps(meta, indent=2))
-        save_predictions(self.val_predictions, directory / VAL_PREDICTIONS_FILE)
+        save_predictions(self, directory)
 
     @classmethod
     def load(cls, directory: Path) -> TrainedModel:
@@ -90,6 +92,6 @@ class TrainedModel:
             spec=spec,
             target_scaling=tuple(scaling) if scaling else None,
             history=history,
-            val_predictions=load_predictions(directory / VAL_PREDICTIONS_FILE),
+            **load_predictions(directory),
             **meta,
         )
