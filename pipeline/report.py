@@ -166,7 +166,7 @@ def model_section(result: Any) -> str:
 
 def evaluation_section(evaluation: Any) -> str:
     frame = evaluation.table()
-    columns = ["model"] + [c for c in frame.columns if c.startswith(("val_", "test_"))]
+    columns = ["model"] + [c for c in frame.columns if c.startswith(("cv_", "val_", "test_"))]
     rows = [[("★ " if r["model"] == evaluation.winner else "") + str(r["model"]), *[r.get(c) for c in columns[1:]]]
             for r in evaluation.rows]  # fmt: skip
     comparisons = [[c["other"], c["difference"], f"[{c['interval'][0]:+.4f}, {c['interval'][1]:+.4f}]"]
@@ -180,6 +180,7 @@ def evaluation_section(evaluation: Any) -> str:
             comparisons,
         ),
         f"<p><b>Verdict:</b> {_e(evaluation.verdict)}</p>",
+        *[f"<p>{_e(note)}</p>" for note in evaluation.notes],
         figures or "<p>The plots are in the evaluate run's artifacts.</p>",
     )
 

@@ -70,6 +70,7 @@ def _training(result: Any) -> list[tuple[str, str]]:
                 f"params from {trained.params_source}, best {step} {trained.best_epoch + 1}/{len(trained.history)}, "
                 f"val {metric} {trained.best_score:.4f}"
                 + (f", refit on train+val ({trained.fit_rows} rows)" if trained.refit else "")
+                + (", out-of-fold fits" if getattr(trained, "oof_predictions", None) is not None else "")
                 + f", {trained.seconds:.1f}s",
             )
         )

@@ -18,6 +18,7 @@ from pipeline.metrics import Objective
 from pipeline.persistence import UntrustedFile
 from pipeline.runner import run_pipeline
 from pipeline.stages.evaluate import ensemble_predictor
+from pipeline.summary import summary_lines
 
 AUC, RMSE = Objective("roc_auc", "maximize"), Objective("rmse", "minimize")
 
@@ -103,7 +104,8 @@ def test_an_ensemble_that_wins_on_validation_is_registered_and_serves_raw_rows(m
     evaluation, decision = result.outputs["evaluate"], result.outputs["register"]
     assert evaluation.winner == "ensemble" and set(evaluation.ensemble) == {"network", "linear"}
     row = evaluation.row("ensemble")
-    assert row["val_roc_auc"] > max(evaluation.row(n)["val_roc_auc"] for n in ("network", "linear"))
+    assert evaluation.selected_on == "cv"  # two families on a small stratified table
+    assert row["cv_roc_auc"] > max(evaluation.row(n)["cv_roc_auc"] for n in ("network", "linear"))
     assert decision.family == "ensemble" and decision.alias == "champion"
 
     version = MlflowClient().get_model_version(decision.model_name, decision.version)
@@ -111,6 +113,11 @@ def test_an_ensemble_that_wins_on_validation_is_registered_and_serves_raw_rows(m
     assert version.tags["model.run_id"] == result.run_ids["evaluate"]
     assert set(version.tags["ensemble.weights"].replace(",", "").split()[::2]) == {"network", "linear"}
     assert "ensemble of" in version.description
+    lines = summary_lines(result)
+    assert any(line.startswith("winner") and "ensemble of" in line for line in lines)
+    assert any(
+        line.startswith("families") and "cv roc_auc / val roc_auc / test roc_auc" in line for line in lines
+    )
     logged = mlflow.get_logged_model(MlflowClient().get_run(result.run_ids["evaluate"]).data.tags["model.id"])
     assert {m.key: m.value for m in logged.metrics}["test_roc_auc"] == pytest.approx(row["test_roc_auc"])
 
