@@ -170,22 +170,22 @@ def _ensemble(
     """The families' greedy ensemble, its weights chosen on the selection basis: its weights, its
     row and its test predictions; none when it would be a single family (or fewer than two
     families have predictions to choose on)."""
+    cv = basis == "cv"
     attribute, y = (
-        ("oof_predictions", _pooled_targets(prepared)) if basis == "cv" else ("val_predictions", None)
+        ("oof_predictions", _pooled_targets(prepared)) if cv else ("val_predictions", prepared.targets["val"])
     )
     chosen_on = {n: getattr(m, attribute, None) for n, m in trained.items()}
     chosen_on = {n: p for n, p in chosen_on.items() if p is not None}
-    if rounds == 0 or len(chosen_on) < 2:
-        return {}, None, None
-    y_val = prepared.targets["val"]
-    weights = greedy_weights(objective, y_val if y is None else y, chosen_on, rounds)
+    weights = greedy_weights(objective, y, chosen_on, rounds) if rounds and len(chosen_on) > 1 else {}
     if len(weights) < 2:
         return {}, None, None
     test = blend(weights, test_predictions)
     val = {n: getattr(trained[n], "val_predictions", None) for n in weights}
-    val_score = np.nan if None in val.values() else objective.score(y_val, *blend(weights, val))
+    val_score = (
+        np.nan if None in val.values() else objective.score(prepared.targets["val"], *blend(weights, val))
+    )
     row = _row(ENSEMBLE, val_score, test, prepared, sum(trained[n].seconds for n in weights))
-    if y is not None:
+    if cv:
         row["cv"] = objective.score(y, *blend(weights, chosen_on))
     return weights, row, test
 
