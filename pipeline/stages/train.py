@@ -1,7 +1,9 @@
 """Stage train: each candidate family's final model, with the best parameters of the tune stage
 it follows or, when no tune run is used, the configured ones; the output says which. Early
-stopping on the validation split picks the epoch (or step) count; with `train.refit` the family
-is then fitted again for that count on the training and validation rows together."""
+stopping on the validation split picks the epoch (or step) count. When several families compete
+on a small table, that count is also fitted on folds of the training and validation rows: the
+out-of-fold predictions are what the evaluate stage chooses on. With `train.refit` the family is
+then fitted again for that count on the training and validation rows together."""
 
 from __future__ import annotations
 
