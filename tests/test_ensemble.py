@@ -5,6 +5,7 @@ any family's."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -113,6 +114,8 @@ def test_an_ensemble_that_wins_on_validation_is_registered_and_serves_raw_rows(m
     assert version.tags["model.run_id"] == result.run_ids["evaluate"]
     assert set(version.tags["ensemble.weights"].replace(",", "").split()[::2]) == {"network", "linear"}
     assert "ensemble of" in version.description
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(f"models:/{decision.model_name}@champion"))
+    assert "torch==" in requirements.read_text()  # a member is a network: served with torch
     lines = summary_lines(result)
     assert any(line.startswith("winner") and "ensemble of" in line for line in lines)
     assert any(
