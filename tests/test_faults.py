@@ -313,6 +313,42 @@ def test_processes_that_reap_the_same_dead_runs_at_once_all_succeed(store):
         assert run.data.tags["killed.reason"] == "process 1 on here died while it ran"
 
 
+DATASET_LOGGER = """
+import sys, time
+import mlflow, pandas as pd
+from mlflow.entities import DatasetInput
+from mlflow.tracking import MlflowClient
+from pipeline.tracking.store import log_dataset
+client = MlflowClient(tracking_uri=sys.argv[1])
+frame = pd.DataFrame({"x": [1.0, 2.0]})
+inputs = [DatasetInput(mlflow.data.from_pandas(frame, name=f"split{i}", digest="d1")._to_mlflow_entity())
+          for i in range(20)]
+while time.time() < float(sys.argv[2]):
+    pass
+for entry in inputs:
+    log_dataset(client, sys.argv[3], entry)
+"""
+
+
+def test_runs_that_log_the_same_datasets_at_once_all_succeed(store):
+    """Pipelines of the same data started together each log its splits as dataset inputs: MLflow's
+    SQL store inserts a new dataset without a lock, so two runs can insert the same one at once."""
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.create_experiment("datasets")
+    runs = [client.create_run(experiment).info.run_id for _ in range(4)]
+    start = time.time() + 3  # every process imported and connected, then all write at once
+    loggers = [
+        start_python([sys.executable, "-c", DATASET_LOGGER, store, str(start), run], cwd=ROOT, env=_env())
+        for run in runs
+    ]
+    for logger in loggers:
+        out, err = logger.communicate(timeout=120)
+        assert logger.returncode == 0, err[-2000:]
+    for run_id in runs:
+        names = sorted(d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs)
+        assert names == sorted(f"split{i}" for i in range(20))
+
+
 @pytest.mark.slow
 def test_three_pipelines_started_together_on_a_new_store_all_finish_with_one_champion(tmp_path):
     store = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"  # no schema yet: all three would create it

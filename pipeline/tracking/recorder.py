@@ -146,7 +146,7 @@ class StageRecord:
         dataset = mlflow.data.from_pandas(frame, source=source, targets=target, name=name, digest=digest)
         entry = DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
         for run_id in filter(None, (self.run_id, also_in)):
-            MlflowClient().log_inputs(run_id, datasets=[entry])
+            store.log_dataset(MlflowClient(), run_id, entry)
 
     def model(self, predictor: Any, input_example: Any) -> str:
         """The deployable pyfunc in this run; returns its model URI (also tagged `model.uri`, and

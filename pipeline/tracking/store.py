@@ -259,6 +259,17 @@ def end_killed(client: MlflowClient, run_id: str, reason: str) -> None:
     client.set_terminated(run_id, "KILLED")
 
 
+def log_dataset(client: MlflowClient, run_id: str, dataset: Any) -> None:
+    """A dataset input of a run. Runs of the same data started together log the same dataset at
+    once, and MLflow's SQL store inserts a new dataset with select-then-insert and no lock: the
+    later insert collides with the other's row and its whole call is rolled back. Called again,
+    it finds that row and links it."""
+    try:
+        client.log_inputs(run_id, datasets=[dataset])
+    except mlflow.exceptions.MlflowException:
+        client.log_inputs(run_id, datasets=[dataset])
+
+
 def find_stage_run(experiment_id: str, stage: str, filters: dict[str, str]) -> Run | None:
     """The newest FINISHED run of `stage` whose tags match `filters`."""
     clauses = [f"tags.stage = '{stage}'", "attributes.status = 'FINISHED'"]
