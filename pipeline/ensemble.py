@@ -1,12 +1,14 @@
 """The ensemble of the trained families: a weighted mean of their predictions, the weights chosen
-greedily on the validation split (Caruana et al., "Ensemble Selection from Libraries of Models",
-2004, as AutoGluon's weighted ensemble): start from the best family, then add, with repetition,
-whichever family most improves the blend's validation objective, and keep the best blend seen.
-On a small validation split one family's lead is often noise; a blend of two or three families is
-steadier on new rows. It competes with the families on validation like any of them.
+greedily (Caruana et al., "Ensemble Selection from Libraries of Models", 2004, as AutoGluon's
+weighted ensemble): start from the best family, then add, with repetition, whichever family most
+improves the blend's objective, and keep the best blend seen. On a small table one family's lead
+is often noise; a blend of two or three families is steadier on new rows. It competes with the
+families on what chooses them: their out-of-fold predictions on the training and validation rows
+when they have them, else the validation split.
 
 Each family's validation predictions are those of its first fit (a refit has seen the validation
-rows), so the weights never see a row a member was fitted on."""
+rows), and out-of-fold ones come from fits that never saw the row: the weights are never chosen
+on a row a member was fitted on."""
 
 from __future__ import annotations
 

@@ -144,7 +144,8 @@ def model_section(result: Any) -> str:
     if evaluation is not None and winner == ENSEMBLE:
         return _section(
             "The final model",
-            f"<p>The ensemble of {_e(describe(evaluation.ensemble))} (weights chosen on validation): "
+            f"<p>The ensemble of {_e(describe(evaluation.ensemble))} (weights chosen on "
+            f"{'out-of-fold predictions' if evaluation.selected_on == 'cv' else 'validation'}): "
             "each member's learning curve is in its train run.</p>",
         )
     if winner is None or winner not in trained:

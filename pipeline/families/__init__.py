@@ -48,9 +48,9 @@ def load_fitted(directory: Any) -> Any:
     import json
     from pathlib import Path
 
-    directory = Path(directory)
     from pipeline.ensemble import META_FILE, EnsembleModel
 
+    directory = Path(directory)
     if (directory / META_FILE).is_file():
         return EnsembleModel.load(directory)
     if (directory / "estimator.json").is_file() and json.loads((directory / "estimator.json").read_text())[

@@ -276,9 +276,10 @@ def run(call: StageCall) -> Decision:
     prepared: PreparedData = call.upstream["prepare"]
     evaluation = call.upstream["evaluate"]
     winner = evaluation.winner
-    # a family's model is logged by its train run; the ensemble's by the evaluate run
-    stage = "evaluate" if winner == ENSEMBLE else "train"
-    model_run = call.upstream_runs["evaluate" if winner == ENSEMBLE else f"train.{winner}"]
+    if winner == ENSEMBLE:  # logged by the evaluate run; a family's model by its train run
+        stage, model_run = "evaluate", call.upstream_runs["evaluate"]
+    else:
+        stage, model_run = "train", call.upstream_runs[f"train.{winner}"]
     model_uri = model_run.tags.get("model.uri")
     if not model_uri:
         raise UpstreamMissing(f"{stage} run {model_run.run_id} logged no model; run stage {stage} again")
@@ -293,7 +294,7 @@ def run(call: StageCall) -> Decision:
         "model.run_id": model_run.run_id,
         "model.sha256": model_run.tags.get("model.sha256", ""),
         "model.family": winner,
-        **({"ensemble.weights": describe(evaluation.ensemble)} if evaluation.ensemble else {}),
+        **({"ensemble.weights": describe(evaluation.ensemble)} if winner == ENSEMBLE else {}),
         "objective": f"{objective.metric}/{objective.direction}",
         "val_score": f"{evaluation.row(winner)[f'val_{objective.metric}']:.6g}",
         **({"cv_score": f"{evaluation.row(winner)[f'cv_{objective.metric}']:.6g}"} if cv else {}),

@@ -35,7 +35,7 @@ class TrainedModel:
     refit: bool = False  # fitted again on train and val for the best epoch (or step) count
     fit_rows: int = 0  # the rows the final weights were fitted on (train, or train and val after a refit)
     figures: dict[str, bytes] = field(default_factory=dict, repr=False)  # PNGs the record drew; never saved
-    # the first fit's predictions on the validation split (the ensemble's weights are chosen on them)
+    # the first fit's predictions on the validation split (what chooses without out-of-fold ones)
     val_predictions: tuple[Any, Any] | None = field(default=None, repr=False)
     # out-of-fold predictions on the train and val rows (train.cv_folds), when made
     oof_predictions: tuple[Any, Any] | None = field(default=None, repr=False)
