@@ -9,7 +9,7 @@ pruner's alone. The target: pruning at least halves the epochs for a best value 
 comparison with more seeds (one repeat each) and --larger adds a study with more trials.
 
 Parallelism: trials per minute with tune.n_jobs=2 against 1, no pruning, on a study of
---parallel-trials trials of about equal cost (batch size and widths are left out of the space): one worker and two workers with train.threads unset (what a user gets
+--parallel-trials trials of about equal cost, each with the default epoch budget (tune.epochs) (batch size and widths are left out of the space): one worker and two workers with train.threads unset (what a user gets
 without the flag: one thread for data this small, cores // n_jobs threads per worker), and one
 worker with every core. Each runs as the command line (`python -m pipeline ...`, what
 `make sweep` runs) in a fresh process, so a worker's start-up counts as it does for a user.
@@ -20,7 +20,7 @@ process.
 
     python -m bench.tuning [--quick] [--repeats N] [--trials N] [--epochs N] [--data NAME]
                            [--seeds 42,1,7] [--larger N] [--tolerance X] [--parallel-trials N]
-                           [--skip pruning|parallel] [--whole-space]
+                           [--parallel-epochs N] [--skip pruning|parallel] [--whole-space]
 """
 
 from __future__ import annotations
@@ -434,6 +434,13 @@ def main() -> None:
     p.add_argument(
         "--parallel-trials", type=int, default=None, help="trials per parallel search (default 24, --quick 6)"
     )
+    p.add_argument(
+        "--parallel-epochs",
+        type=int,
+        default=None,
+        help="epoch budget per parallel trial (default: tune.epochs' default, what `make sweep` "
+        "trains; --quick 5)",
+    )
     p.add_argument("--skip", choices=("pruning", "parallel"), default=None, help="leave one part out")
     p.add_argument(
         "--whole-space",
@@ -501,12 +508,13 @@ def main() -> None:
 
         if args.skip != "parallel":
             parallel_trials = args.parallel_trials or (6 if args.quick else 24)
+            parallel_epochs = args.parallel_epochs or (5 if args.quick else int(compose().tune.epochs))
             parallel(
                 report,
                 root,
-                {**common, "trials": parallel_trials},
+                {**common, "trials": parallel_trials, "epochs": parallel_epochs},
                 parallel_trials,
-                epochs,
+                parallel_epochs,
                 data,
                 repeats,
                 cores,

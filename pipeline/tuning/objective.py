@@ -112,15 +112,23 @@ def census(study: optuna.Study, since: int = 0) -> scheduling.Census:
     return scheduling.census(study.get_trials(deepcopy=False), since, time.time())
 
 
+# how often a worker with no trial left looks whether the others' last trials have ended (or
+# one failed and needs a redo): the search ends that much after its last trial at most
+IDLE_POLL_SECONDS = 0.1
+
+
 def work(
     study: optuna.Study,
     ctx: TrialContext,
     n_trials: int,
     deadline: float | None,
     progress: Callable[[scheduling.Census], None] | None = None,
+    on_idle: Callable[[], None] | None = None,
 ) -> None:
     """Ask for trials until the study holds `n_trials` COMPLETE+PRUNED ones (counting what other
-    workers run), the deadline passes, or the last `n_trials` trials all raised."""
+    workers run), the deadline passes, or the last `n_trials` trials all raised. `on_idle` is
+    called once, the first time every trial is claimed while others still run theirs: the
+    time to prepare what follows the search."""
     while deadline is None or time.time() < deadline:
         now = census(study, ctx.since)
         if progress is not None:
@@ -128,8 +136,11 @@ def work(
         if scheduling.should_stop(now, n_trials):
             return
         if scheduling.all_claimed(now, n_trials):
-            if reap_stale_trials(study, ctx.heartbeat_seconds) == 0:
-                time.sleep(0.5)  # others are finishing the last trials; one may fail: a redo
+            if on_idle is not None:
+                on_idle()
+                on_idle = None
+            elif reap_stale_trials(study, ctx.heartbeat_seconds) == 0:
+                time.sleep(IDLE_POLL_SECONDS)  # others are finishing the last trials
             continue
         trial = study.ask()
         if scheduling.is_surplus(study.get_trials(deepcopy=False), trial.number, n_trials, time.time()):

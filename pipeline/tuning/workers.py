@@ -9,7 +9,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,8 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from pipeline.shutdown import exit_now
 from pipeline.tuning import scheduling
-from pipeline.tuning.objective import TrialContext, census, work
+from pipeline.tuning.objective import IDLE_POLL_SECONDS, TrialContext, census, work
 from pipeline.tuning.study import StudySettings, load_study
 
 
@@ -93,7 +93,8 @@ def _run_spawned(job: WorkerJob, parent: int) -> None:
     try:
         run_job(job)
     except KeyboardInterrupt:
-        sys.exit(143)
+        exit_now(143)
+    exit_now(0)  # the pipeline's process waits for this one: no teardown of the modules
 
 
 def _wait_for_jobs(jobs: Any, finished: Any, parent: int) -> None:
@@ -112,7 +113,8 @@ def _wait_for_jobs(jobs: Any, finished: Any, parent: int) -> None:
             run_job(job)
             finished.put(number)
     except KeyboardInterrupt:
-        sys.exit(143)  # SIGTERM: the trial was ended on the way out
+        exit_now(143)  # SIGTERM: the trial was ended on the way out
+    exit_now(0)  # the pipeline's process waits for this one: no teardown of the modules
 
 
 def _start(processes: list[Any]) -> None:
@@ -193,11 +195,15 @@ class WorkerPool:
             given.append(PooledRun(self.processes[index], self._finished[index], self._given))
         return given
 
-    def close(self) -> None:
-        """Let the processes exit."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Let the processes exit, and wait (up to `timeout`) until they have: one still there
+        when this process exits is sent SIGTERM, which would end it mid-way through its exit."""
         if not self._closed:
             for jobs in self._jobs:
                 jobs.put(None)
+            ends = time.monotonic() + timeout
+            for process in self.processes:
+                process.join(max(0.0, ends - time.monotonic()))
         self._closed = True
 
 
@@ -227,16 +233,18 @@ def run_workers(
     deadline: float | None,
     show: Callable[[scheduling.Census], None],
     pool: WorkerPool | None = None,
+    on_idle: Callable[[], None] | None = None,
 ) -> None:
     """This process is worker 0; `n_jobs - 1` spawned processes join it (pooled ones when the
-    pool has enough), so no process waits for another to start before trials run."""
+    pool has enough), so no process waits for another to start before trials run. `on_idle`:
+    see `work`."""
     threads = max(1, (ctx.cfg.train.threads or os.cpu_count() or 1) // n_jobs)
     jobs = [WorkerJob(settings, ctx, i, threads, n_trials, deadline) for i in range(1, n_jobs)]
     workers = _spawn(jobs, pool)
     own = copy.deepcopy(ctx)
     own.cfg.train.threads = threads
     try:
-        work(study, own, n_trials, deadline, show)
+        work(study, own, n_trials, deadline, show, on_idle)
         while any(p.is_alive() for p in workers):
             now = census(study, ctx.since)
             show(now)
@@ -244,7 +252,7 @@ def run_workers(
                 # the study is complete: a worker still starting up would only find that out and
                 # exit, so do not wait for it (it ends by itself, or with this process)
                 return
-            time.sleep(0.5)
+            time.sleep(IDLE_POLL_SECONDS)
     except KeyboardInterrupt:
         # SIGTERM the workers, and give them time to end their trials (FAIL, runs KILLED)
         for process in workers:

@@ -1,0 +1,86 @@
+"""A command ends without the interpreter's teardown of its modules, and loses nothing by it: what
+its threads, atexit hooks, log handlers and buffered streams hold is written before it ends."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ENDING = """
+import atexit, logging, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from pipeline.shutdown import exit_now
+
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+handler = logging.FileHandler(out / "log.txt")
+handler.setFormatter(logging.Formatter("%(message)s"))
+logging.getLogger("ending").addHandler(handler)
+logging.getLogger("ending").warning("logged")
+# an idle thread pool worker: ended by the threading module's exit hook, not joined forever
+ThreadPoolExecutor(max_workers=1).submit(lambda: None).result()
+
+def late():
+    time.sleep(0.3)
+    (out / "thread").write_text("done")
+
+threading.Thread(target=late).start()  # not a daemon: the process waits for it
+sys.stdout.write("buffered, no newline")
+{call}
+"""
+
+
+def _end(tmp_path: Path, call: str, prefix: str = "") -> subprocess.CompletedProcess:
+    code = prefix + ENDING.format(call=call)
+    return subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "status", "stderr"), [("exit_now(3)", 3, ""), ("exit_now('bad input')", 1, "bad input")]
+)
+def test_an_exit_now_writes_everything_and_gives_the_status(tmp_path, call, status, stderr):
+    done = _end(tmp_path, call)
+    assert done.returncode == status, done.stderr
+    assert done.stdout == "buffered, no newline"
+    assert done.stderr.strip() == stderr
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert (tmp_path / "thread").read_text() == "done"
+    assert (tmp_path / "log.txt").read_text() == "logged\n"
+
+
+TEARDOWN_MARK = """
+import os
+class Mark:
+    def __del__(self, path=str(out / "torn-down"), create=os.open, flags=os.O_CREAT | os.O_WRONLY):
+        create(path, flags)
+
+mark = Mark()  # deleted only when the interpreter tears down the module
+"""
+
+
+def test_under_a_tracer_the_process_exits_as_usual(tmp_path):
+    """A profiler or coverage tool writes its results in the interpreter's own exit: under a
+    tracer the process is torn down as usual; otherwise the teardown is skipped."""
+    code = ENDING.format(call="exit_now(4)").replace("{mark}", "")
+    for tracer, torn_down in (("import sys\nsys.settrace(lambda *a: None)\n", True), ("", False)):
+        (tmp_path / "torn-down").unlink(missing_ok=True)
+        source = tracer + code.replace("out = Path(sys.argv[1])", "out = Path(sys.argv[1])" + TEARDOWN_MARK)
+        done = subprocess.run(
+            [sys.executable, "-c", source, str(tmp_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 4, done.stderr
+        assert done.stdout == "buffered, no newline"
+        assert (tmp_path / "thread").read_text() == "done"
+        assert (tmp_path / "torn-down").exists() is torn_down
