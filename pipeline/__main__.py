@@ -162,14 +162,13 @@ def main(cfg: DictConfig) -> float | None:
 def cli() -> None:
     """The `pipeline` console script and `python -m pipeline`. The process ends without the
     interpreter's teardown (seconds with torch and MLflow loaded; see `pipeline.shutdown`)."""
-    from pipeline.shutdown import exit_now
+    from pipeline.shutdown import run_then_exit
 
-    try:
+    def command() -> None:
         preflight(sys.argv[1:])
         main()
-    except SystemExit as exc:
-        exit_now(exc.code)
-    exit_now(0)
+
+    run_then_exit(command)
 
 
 if __name__ == "__main__":

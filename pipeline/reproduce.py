@@ -103,4 +103,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.shutdown import run_then_exit
+
+    run_then_exit(main)  # without the seconds of module teardown at exit

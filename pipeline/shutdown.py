@@ -12,6 +12,7 @@ import atexit
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import NoReturn
 
 
@@ -45,3 +46,13 @@ def exit_now(code: object = 0) -> NoReturn:
                 pass
     finally:
         os._exit(status)
+
+
+def run_then_exit(main: Callable[[], object]) -> NoReturn:
+    """Run a command's `main`, then end its process with `exit_now`: the status `sys.exit` gave,
+    else 0. Any other exception ends it as usual (its traceback, status 1)."""
+    try:
+        main()
+    except SystemExit as exc:
+        exit_now(exc.code)
+    exit_now(0)

@@ -125,3 +125,34 @@ def test_workers_stop_at_exactly_the_total():
     for t in running:
         t.state = TrialState.COMPLETE
     assert census(trials, 0, T).done == n_trials and should_stop(census(trials, 0, T), n_trials)
+
+
+def test_a_worker_with_no_trial_left_prepares_once_then_waits_for_the_others():
+    """Every trial is claimed and another worker's last one still runs: this worker calls its
+    `on_idle` once (the figures' imports load then), and returns as soon as that trial ends."""
+    import os
+    import threading
+    import time
+
+    import optuna
+
+    from pipeline.tuning.objective import IDLE_POLL_SECONDS, TrialContext, work
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    running = study.ask()  # the other worker's last trial, alive
+    running.set_user_attr("pid", os.getpid())
+    ctx = TrialContext("network", None, None, None, [], epochs=1, heartbeat_seconds=10)
+    calls, ended = [], []
+
+    def finish_later() -> None:
+        time.sleep(0.5)
+        study.tell(running, 0.5)
+        ended.append(time.monotonic())
+
+    threading.Thread(target=finish_later).start()
+    work(study, ctx, n_trials=1, deadline=time.time() + 30, on_idle=lambda: calls.append(1))
+    returned = time.monotonic()
+    assert calls == [1]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # it asked for nothing
+    assert returned - ended[0] < IDLE_POLL_SECONDS + 0.2
