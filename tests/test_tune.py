@@ -486,8 +486,9 @@ def test_two_worker_processes_share_the_study_without_duplicates(run_cli, fresh_
 
 def test_worker_pool_is_started_only_for_parallel_tuning_and_exits_when_not_needed(make_cfg):
     """The command line starts n_jobs - 1 workers before anything else when the stages tune in
-    parallel; workers of a pipeline that ends before tuning exit on close() instead of waiting
-    forever, and close() waits for them (one left at exit would be sent SIGTERM mid-exit)."""
+    parallel; workers of a pipeline that ends before tuning are ended by close() instead of
+    waiting forever (still importing: SIGTERM after a second's grace, status 143), and close()
+    returns once they are gone (one left at exit would be sent SIGTERM mid-exit)."""
     from pipeline.tuning.workers import start_workers
 
     assert start_workers(make_cfg("stages=[prepare,tune]", "tune.n_jobs=1")) is None
@@ -495,7 +496,9 @@ def test_worker_pool_is_started_only_for_parallel_tuning_and_exits_when_not_need
     pool = start_workers(make_cfg("stages=[prepare,tune]", "tune.n_jobs=2"))
     assert pool is not None
     assert len(pool) == 1 and all(p.is_alive() for p in pool.processes)
-    pool.close(timeout=120)  # they are still importing: it waits until they have ended
+    started = time.monotonic()
+    pool.close()  # they are still importing
+    assert time.monotonic() - started < 20
     assert len(pool) == 0
     for process in pool.processes:
-        assert not process.is_alive() and process.exitcode == 0
+        assert not process.is_alive() and process.exitcode in (0, 143, -signal.SIGTERM)

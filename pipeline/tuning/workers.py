@@ -195,16 +195,25 @@ class WorkerPool:
             given.append(PooledRun(self.processes[index], self._finished[index], self._given))
         return given
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Let the processes exit, and wait (up to `timeout`) until they have: one still there
-        when this process exits is sent SIGTERM, which would end it mid-way through its exit."""
-        if not self._closed:
-            for jobs in self._jobs:
-                jobs.put(None)
-            ends = time.monotonic() + timeout
-            for process in self.processes:
-                process.join(max(0.0, ends - time.monotonic()))
+    def close(self, grace: float = 1.0, timeout: float = 30.0) -> None:
+        """Let the processes exit and wait until they have (one still there when this process
+        exits is sent SIGTERM by multiprocessing, mid-way through its own exit). An idle one
+        exits at once; one still starting up (the study ended without it), or still in a trial
+        after a failure here, gets SIGTERM after `grace` seconds and ends its trial as after
+        Ctrl-C, within `timeout`."""
+        if self._closed:
+            return
         self._closed = True
+        for jobs in self._jobs:
+            jobs.put(None)
+        ends = time.monotonic() + grace
+        for process in self.processes:
+            process.join(max(0.0, ends - time.monotonic()))
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+        for process in self.processes:
+            process.join(timeout)
 
 
 def start_workers(cfg: DictConfig) -> WorkerPool | None:
