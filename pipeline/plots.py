@@ -15,14 +15,6 @@ from matplotlib.figure import Figure  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 
-def warm_up() -> None:
-    """Pay the first figure's one-off costs (font lookup and loading) ahead of time."""
-    figure = plt.figure(figsize=(1, 1))
-    figure.text(0.5, 0.5, "0.1 trial")
-    figure.canvas.draw()
-    plt.close(figure)
-
-
 def learning_curve(history: list[dict[str, float]], objective_key: str, best_epoch: int) -> Figure:
     figure, (losses, score) = plt.subplots(1, 2, figsize=(10, 3.8))
     epochs = np.arange(1, len(history) + 1)

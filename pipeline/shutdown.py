@@ -17,12 +17,12 @@ from typing import NoReturn
 
 
 def exit_code(code: object) -> int:
-    """The status `sys.exit(code)` gives: None is 0, an int itself, anything else (a message,
-    printed to stderr) 1."""
+    """The status `sys.exit(code)` gives: None is 0, an int its low byte, anything else (a
+    message, printed to stderr) 1."""
     if code is None:
         return 0
     if isinstance(code, int):
-        return code
+        return code & 0xFF
     print(code, file=sys.stderr)
     return 1
 

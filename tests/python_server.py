@@ -38,6 +38,7 @@ import pipeline.stages.register  # noqa: F401
 import pipeline.stages.train  # noqa: F401
 import pipeline.stages.tune  # noqa: F401
 import pipeline.training.loop  # noqa: F401
+from pipeline.shutdown import exit_code
 
 # and what a run imports only when it gets there (the SQL store and its migrations, the model
 # files, the optimizers' compiler hooks, git for the source version): seconds a run otherwise
@@ -147,7 +148,7 @@ def exit_like_the_interpreter(body: Callable[[dict], None], request: dict) -> No
             body(request)
             status = 0
         except SystemExit as exit:
-            status = exit_status(exit.code)
+            status = exit_code(exit.code)
         except BaseException as error:  # noqa: BLE001 - what the interpreter does with an uncaught one
             sys.excepthook(type(error), error, error.__traceback__)
             status = -signal.SIGINT if isinstance(error, KeyboardInterrupt) else 1
@@ -163,16 +164,6 @@ def exit_like_the_interpreter(body: Callable[[dict], None], request: dict) -> No
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
         os._exit(status)
-
-
-def exit_status(code: object) -> int:
-    """The exit status `sys.exit(code)` gives, printing a message the way the interpreter does."""
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
 
 
 def supervise(conn: socket.socket, request: dict) -> None:

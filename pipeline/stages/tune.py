@@ -10,7 +10,6 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,6 @@ from pipeline.tuning.study import (
     PARENT_RUN_ATTR,
     StudySettings,
     open_study,
-    prepare_figures,
     study_figures,
     study_settings,
     trials_frame,
@@ -147,13 +145,11 @@ def tune(
     trial_runs: Any = None,
     progress: bool = False,
     pool: WorkerPool | None = None,
-    on_idle: Callable[[], None] | None = None,
 ) -> TuneResult:
     """Run the family's study to `tune.n_trials` COMPLETE+PRUNED trials and return the best
     point. `dimensions`: what the trials sample (the family's space less the values the command
     line fixed); `settings_cfg`: the settings each trial changes (pipeline.families.settings_of); with
-    `tune.n_jobs` > 1 the extra workers come from `pool` when it has them (already started).
-    `on_idle`: what this process prepares once its workers have no trial left to start."""
+    `tune.n_jobs` > 1 the extra workers come from `pool` when it has them (already started)."""
     n_trials, n_jobs = int(tune_cfg.n_trials), int(tune_cfg.n_jobs)
     deadline = time.time() + tune_cfg.timeout if tune_cfg.timeout else None
     # this invocation's trials: the ones it creates and the queued ones it will run (the
@@ -180,11 +176,9 @@ def tune(
     bar, show = _progress_bar(progress, n_trials)
     try:
         if n_jobs > 1:
-            run_workers(
-                study, ctx, settings, n_trials, n_jobs, deadline, show or (lambda now: None), pool, on_idle
-            )
+            run_workers(study, ctx, settings, n_trials, n_jobs, deadline, show or (lambda now: None), pool)
         # with workers: finish here what dead workers left undone (their trials were re-queued)
-        work(study, ctx, n_trials, deadline, show, on_idle)
+        work(study, ctx, n_trials, deadline, show)
     finally:
         if bar is not None:
             bar.close()
@@ -250,8 +244,6 @@ def run(call: StageCall) -> TuneResult:
         call.record.trial_runs(call.family),
         call.invocation.progress,
         call.invocation.pool,
-        # the study's figures come next: their imports and fonts load while the last trials end
-        prepare_figures if call.record.run_id is not None else None,
     )
 
 

@@ -123,12 +123,9 @@ def work(
     n_trials: int,
     deadline: float | None,
     progress: Callable[[scheduling.Census], None] | None = None,
-    on_idle: Callable[[], None] | None = None,
 ) -> None:
     """Ask for trials until the study holds `n_trials` COMPLETE+PRUNED ones (counting what other
-    workers run), the deadline passes, or the last `n_trials` trials all raised. `on_idle` is
-    called once, the first time every trial is claimed while others still run theirs: the
-    time to prepare what follows the search."""
+    workers run), the deadline passes, or the last `n_trials` trials all raised."""
     while deadline is None or time.time() < deadline:
         now = census(study, ctx.since)
         if progress is not None:
@@ -136,10 +133,7 @@ def work(
         if scheduling.should_stop(now, n_trials):
             return
         if scheduling.all_claimed(now, n_trials):
-            if on_idle is not None:
-                on_idle()
-                on_idle = None
-            elif reap_stale_trials(study, ctx.heartbeat_seconds) == 0:
+            if reap_stale_trials(study, ctx.heartbeat_seconds) == 0:
                 time.sleep(IDLE_POLL_SECONDS)  # others are finishing the last trials
             continue
         trial = study.ask()

@@ -245,13 +245,6 @@ def trials_frame(study: optuna.Study) -> Any:
     return study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
 
 
-def prepare_figures() -> None:
-    """Load what drawing the study's figures needs (matplotlib and its fonts)."""
-    from pipeline import plots
-
-    plots.warm_up()
-
-
 def study_figures(
     study: optuna.Study, trials: list[dict[str, Any]], importances: dict[str, float]
 ) -> dict[str, Any]:
