@@ -163,6 +163,9 @@ def cli() -> None:
     """The `pipeline` console script and `python -m pipeline`. The process ends without the
     interpreter's teardown (seconds with torch and MLflow loaded; see `pipeline.shutdown`)."""
     from pipeline.shutdown import run_then_exit
+    from pipeline.startup import defer_full_collections
+
+    defer_full_collections()  # until the work begins (see pipeline.startup)
 
     def command() -> None:
         preflight(sys.argv[1:])

@@ -19,6 +19,7 @@ from pipeline.config.choices import OPTIMIZERS
 from pipeline.errors import TrainingDiverged
 from pipeline.metrics import Objective
 from pipeline.models import ImageAugmentation, NetworkSpec, build_network, network_spec
+from pipeline.startup import resume_full_collections
 from pipeline.training.callbacks import EarlyStopping, ProgressBar
 from pipeline.training.result import TrainedModel
 from pipeline.training.schedules import LearningRate
@@ -199,6 +200,8 @@ def fit(
     with ProgressBar(progress, last, objective.metric) as bar:
         for epoch in range(last):
             record = run_epoch(run, epoch, data, objective)
+            if epoch == 0:
+                resume_full_collections()  # a command's start-up is over (pipeline.startup)
             history.append(record)
             stop = stopping is not None and stopping.update(
                 epoch, record[key], record["val_loss"], run.network

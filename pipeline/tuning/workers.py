@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from pipeline.shutdown import exit_now
+from pipeline.startup import defer_full_collections, resume_full_collections
 from pipeline.tuning import scheduling
 from pipeline.tuning.objective import IDLE_POLL_SECONDS, TrialContext, census, work
 from pipeline.tuning.study import StudySettings, load_study
@@ -89,6 +90,7 @@ def run_job(job: WorkerJob) -> None:
 
 
 def _run_spawned(job: WorkerJob, parent: int) -> None:
+    defer_full_collections()  # until its first trial (see pipeline.startup)
     follow_parent(parent)
     try:
         run_job(job)
@@ -101,6 +103,7 @@ def _wait_for_jobs(jobs: Any, finished: Any, parent: int) -> None:
     """Entry point of a pooled worker: pay the one-off costs of a first trial (imports, torch's
     first optimizer and backward pass) while the pipeline reads and prepares the data, then run
     the jobs it is given, one study after another (one per family), until None."""
+    defer_full_collections()  # until it is warm (see pipeline.startup)
     follow_parent(parent)
     try:
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the store a first run opens
@@ -108,6 +111,7 @@ def _wait_for_jobs(jobs: Any, finished: Any, parent: int) -> None:
         from pipeline.training.setup import warm_up
 
         warm_up()
+        resume_full_collections()
         while (given := jobs.get()) is not None:
             number, job = given
             run_job(job)
