@@ -64,10 +64,12 @@ def make_storage(location: str, heartbeat_seconds: int) -> optuna.storages.BaseS
             grace_period=heartbeat_seconds * 3,
             heartbeat_stale_trial_callback=retry_stale_trial,
         )
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+    from optuna.storages.journal import JournalFileBackend
+
+    from pipeline.tuning.journal_lock import JournalFlock
 
     Path(location).parent.mkdir(parents=True, exist_ok=True)
-    backend = JournalFileBackend(location, lock_obj=JournalFileOpenLock(location))
+    backend = JournalFileBackend(location, lock_obj=JournalFlock(location))
     return optuna.storages.JournalStorage(backend)
 
 
