@@ -6,12 +6,14 @@ run, run it, save its outputs, and let it record the rest. Stages are plain func
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from omegaconf import DictConfig
 
 from pipeline.console import say
+from pipeline.late_finish import LateFinishes
 from pipeline.lineage import identity, resolve, run_key
 from pipeline.metrics import Objective, resolve_objective
 from pipeline.parent_run import config_digest, parent_tags, record_invocation, record_outcome
@@ -82,17 +84,15 @@ def _run(
     result = PipelineResult(stages=stages, objective=objective)
     data_digest = prepared_digest(source.source_digest, cfg.data, cfg.seed)
     recorder = recorder_for(cfg.tracking)
-    result.experiment_id, result.link, result.link_note = (
-        recorder.experiment_id,
-        recorder.link,
-        recorder.link_note,
-    )
+    result.experiment_id, result.link = recorder.experiment_id, recorder.link
+    result.link_note = recorder.link_note
     if orphans := recorder.reap_orphans():
         say(f"marked {len(orphans)} run(s) KILLED that a dead process left running")
     git = git_state() if recorder.enabled else {}
     digest = config_digest(cfg)
     name = "pipeline" if stages == list(ORDER) else "+".join(stages)
     tags = parent_tags(cfg, stages, data_digest, digest, git, objective)
+    late = LateFinishes()
     with recorder.pipeline_run(f"{name} {cfg.data.name}/{cfg.model.name}", tags) as parent:
         result.parent_run_id = parent.run_id
         record_invocation(parent, cfg, git, objective, inspected[1].task)
@@ -108,26 +108,38 @@ def _run(
             recorder.store_dir,
             parent.run_id,
             explicit,
+            late.finish,
         )
-        for name in stages:
-            _run_stage(stage(name), cfg, invocation, recorder, result)
+        with late:
+            for name in stages:
+                _run_stage(stage(name), cfg, invocation, recorder, result, late)
         record_outcome(parent, stages, result.outputs, result.run_ids, objective)
         if recorder.enabled and cfg.tracking.report:
-            from pipeline.report import build_report
-
-            building = time.perf_counter()
-            page = build_report(result, git, digest, int(cfg.seed), int(cfg.serve.port))
-            parent.files({"report.html": page})
-            parent.log(metrics={"report_seconds": time.perf_counter() - building})
+            _report(parent, result, cfg, git, digest)
     result.seconds = time.perf_counter() - started
     return result
 
 
+def _report(parent: Any, result: PipelineResult, cfg: DictConfig, git: dict[str, str], digest: str) -> None:
+    """The run report, as the invocation's run's `report.html`."""
+    from pipeline.report import build_report
+
+    building = time.perf_counter()
+    page = build_report(result, git, digest, int(cfg.seed), int(cfg.serve.port))
+    parent.files({"report.html": page})
+    parent.log(metrics={"report_seconds": time.perf_counter() - building})
+
+
 def _run_stage(
-    declared: Stage, cfg: DictConfig, invocation: Invocation, recorder: Recorder, result: PipelineResult
+    declared: Stage,
+    cfg: DictConfig,
+    invocation: Invocation,
+    recorder: Recorder,
+    result: PipelineResult,
+    late: LateFinishes,
 ) -> None:
     for family in list(cfg.candidates) if declared.per_family else [None]:
-        output = _run_once(declared, family, cfg, invocation, recorder, result)
+        output = _run_once(declared, family, cfg, invocation, recorder, result, late)
         if family is None:
             result.outputs[declared.name] = output
         else:
@@ -143,6 +155,7 @@ def _run_once(
     invocation: Invocation,
     recorder: Recorder,
     result: PipelineResult,
+    late: LateFinishes,
 ) -> Any:
     """One run of a stage (of one family): resolve its inputs, open its run, run or reuse it,
     save its outputs and record the rest."""
@@ -165,22 +178,35 @@ def _run_once(
     opening = declared.open(call) if declared.open is not None else Opening()
     name = declared.name if family is None else f"{declared.name} {family}"
     started = time.perf_counter()
-    with recorder.stage_run(
-        name, {**tags, **opening.tags}, opening.run_id, declared.system_metrics
-    ) as record:
+    finishes_late = declared.finish_late and recorder.enabled and reused is None
+    opened = recorder.stage_run(
+        name, {**tags, **opening.tags}, opening.run_id, declared.system_metrics, detached=finishes_late
+    )
+    with ExitStack() as scope:
+        record = scope.enter_context(opened)
         call = call.opened(record, opening.state)
         output = _reuse(declared, reused, recorder, record) if reused else declared.run(call)
-        if reused is None:
-            record.save_outputs(output)
-        record.flush()
-        if declared.record is not None:
-            declared.record(record, output, replace(call, reused=reused.outputs_run if reused else None))
+        call = replace(call, reused=reused.outputs_run if reused else None)
+        if finishes_late:  # the run ends once its outputs are saved, later
+            late.add(scope.pop_all(), _finish, declared, output, call)
+        else:
+            late.finish()  # an upstream run ends before this one
+            _finish(declared, output, call)
     key = run_key(declared.name, family)
     result.stage_seconds[key] = time.perf_counter() - started
     if record.run_id is not None:
         result.run_ids[key] = reused.outputs_run if reused is not None else record.run_id
-    result.runs[key] = UpstreamRun(result.run_ids.get(key), dict(record.tags))
+    result.runs[key] = UpstreamRun(result.run_ids.get(key), record.tags)  # filled in by `record`
     return output
+
+
+def _finish(declared: Stage, output: Any, call: StageCall) -> None:
+    """Save a stage's outputs (unless reused) and write the rest of its record."""
+    if call.reused is None:
+        call.record.save_outputs(output)
+    call.record.flush()
+    if declared.record is not None:
+        declared.record(call.record, output, call)
 
 
 def _reuse(declared: Stage, reused: FoundRun, recorder: Recorder, record: Any) -> Any:

@@ -4,6 +4,7 @@ processes sharing the study, failing trials and a changed search space."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -312,14 +313,64 @@ def test_resume_continues_toward_the_total_under_one_tune_run(make_cfg, fresh_st
 
 
 def test_a_changed_search_space_is_refused_for_a_named_study(make_cfg, fresh_store):
-    run_pipeline(tune_cfg(make_cfg, "tune.n_trials=1", "tune.study_name=fixed"))
+    first = run_pipeline(tune_cfg(make_cfg, "tune.n_trials=1", "tune.study_name=fixed"))
     changed = tune_cfg(
-        make_cfg, "tune.n_trials=2", "tune.study_name=fixed", "tune.space.network.train.lr.high=0.05"
+        make_cfg,
+        "tune.n_trials=2",
+        "tune.study_name=fixed",
+        "tune.space.network.train.lr.high=0.05",
+        "prepare.force=true",
     )
     with pytest.raises(ConfigError, match=r"'fixed'.*another search space.*new tune\.study_name"):
         run_pipeline(changed)
     study = optuna.load_study(study_name="fixed", storage=journal(fresh_store))
     assert len(study.trials) == 1  # nothing ran against the old study
+    # the refused invocation's prepare run was still open (its outputs are saved once the tune
+    # stage has started): it is finished all the same, its outputs sound, and nothing stays open
+    prepared = MlflowClient().search_runs([first.experiment_id], "tags.stage = 'prepare'")
+    assert len(prepared) == 2
+    assert all(r.info.status == "FINISHED" and r.data.tags.get("outputs.sha256") for r in prepared)
+    assert running_runs(first.experiment_id) == []
+
+
+def test_the_prepared_data_is_saved_once_the_tune_stage_has_started(make_cfg, fresh_store):
+    result = run_pipeline(tune_cfg(make_cfg, "tune.n_trials=2"))
+    client = MlflowClient()
+    prepare_run = client.get_run(result.run_ids["prepare"])
+    tune_run = client.get_run(result.run_ids["tune.network"])
+    assert tune_run.info.start_time <= prepare_run.info.end_time  # the prepare run was still open
+    # ... yet the tune run is not nested under it: both are the invocation's
+    assert prepare_run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+    assert tune_run.data.tags["mlflow.parentRunId"] == result.parent_run_id
+    assert prepare_run.info.status == "FINISHED" and prepare_run.data.tags["outputs.sha256"]
+    assert prepare_run.data.params["data.task"] == "binary"  # its record was written too
+    assert prepare_run.info.end_time <= min(r.info.start_time for r in trial_runs(tune_run.info.run_id))
+    again = run_pipeline(make_cfg("stages=[prepare]"))  # sealed and found: reused
+    assert client.get_run(again.run_ids["prepare"]).info.run_id == prepare_run.info.run_id
+
+
+def test_a_failed_save_of_the_prepared_data_fails_the_tune_run_before_any_trial(
+    make_cfg, fresh_store, monkeypatch
+):
+    from pipeline.stages.prepare import PreparedData
+
+    def full_disk(self, directory: Path) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "rows.parquet"))
+
+    monkeypatch.setattr(PreparedData, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_pipeline(tune_cfg(make_cfg, "tune.n_trials=2", "tune.study_name=unsaved"))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(make_cfg().tracking.experiment)
+    runs = {r.data.tags.get("stage", "pipeline"): r for r in client.search_runs([experiment.experiment_id])}
+    assert {stage: r.info.status for stage, r in runs.items()} == {
+        "pipeline": "FAILED",
+        "prepare": "FAILED",
+        "tune": "FAILED",
+    }
+    assert "outputs.sha256" not in runs["prepare"].data.tags
+    study = optuna.load_study(study_name="unsaved", storage=journal(fresh_store))
+    assert [t.state for t in study.trials] == [TrialState.WAITING]  # the first point, never run
 
 
 # --- failing trials ---------------------------------------------------------------------------

@@ -31,6 +31,10 @@ class Invocation:
     store_dir: Path | None = None  # the local store's folder (None: a server, or no tracking)
     parent_run_id: str | None = None
     explicit: frozenset[str] = frozenset()  # keys set on the command line: they beat tuned values
+    # ends the runs of earlier stages that are still open (Stage.finish_late): their outputs
+    # saved, their records written. A stage that starts workers calls it once they have their
+    # work; the runner calls it before a stage's run ends at the latest
+    finish_upstream: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,10 @@ class Stage:
     notes: Callable[[Any], list[str]] | None = None  # lines for the person at the terminal
     per_family: bool = False  # one run per candidate family (its output: one per family)
     system_metrics: bool = False  # its run samples CPU, memory and GPU (tracking.system_metrics)
+    # its run stays open, its outputs unsaved, until the next stage has started its workers
+    # (Invocation.finish_upstream): they need not wait for the save (the next stages of the
+    # invocation take its output from memory)
+    finish_late: bool = False
     # (config, invocation, family) -> tag sets (best first) beyond the usual ones that a run must
     # have to be the right input for this config (the tune stage: its study)
     identity: Callable[[Any, Invocation, str | None], list[dict[str, str]]] | None = None

@@ -244,4 +244,5 @@ STAGE = Stage(
     record=record,
     reusable=lambda cfg: not cfg.prepare.force,
     notes=notes,
+    finish_late=True,  # the tuning workers start before the prepared data is saved
 )

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -145,11 +146,13 @@ def tune(
     trial_runs: Any = None,
     progress: bool = False,
     pool: WorkerPool | None = None,
+    meanwhile: Callable[[], None] = lambda: None,
 ) -> TuneResult:
     """Run the family's study to `tune.n_trials` COMPLETE+PRUNED trials and return the best
     point. `dimensions`: what the trials sample (the family's space less the values the command
     line fixed); `settings_cfg`: the settings each trial changes (pipeline.families.settings_of); with
-    `tune.n_jobs` > 1 the extra workers come from `pool` when it has them (already started)."""
+    `tune.n_jobs` > 1 the extra workers come from `pool` when it has them (already started).
+    `meanwhile`: what this process does before its own first trial, once the others have theirs."""
     n_trials, n_jobs = int(tune_cfg.n_trials), int(tune_cfg.n_jobs)
     deadline = time.time() + tune_cfg.timeout if tune_cfg.timeout else None
     # this invocation's trials: the ones it creates and the queued ones it will run (the
@@ -176,7 +179,11 @@ def tune(
     bar, show = _progress_bar(progress, n_trials)
     try:
         if n_jobs > 1:
-            run_workers(study, ctx, settings, n_trials, n_jobs, deadline, show or (lambda now: None), pool)
+            run_workers(
+                study, ctx, settings, n_trials, n_jobs, deadline, show or (lambda now: None), pool, meanwhile
+            )
+        else:
+            meanwhile()
         # with workers: finish here what dead workers left undone (their trials were re-queued)
         work(study, ctx, n_trials, deadline, show)
     finally:
@@ -244,6 +251,7 @@ def run(call: StageCall) -> TuneResult:
         call.record.trial_runs(call.family),
         call.invocation.progress,
         call.invocation.pool,
+        call.invocation.finish_upstream,  # e.g. save the prepared data while the workers start
     )
 
 

@@ -260,12 +260,22 @@ class MlflowRecorder:
 
     @contextmanager
     def stage_run(
-        self, name: str, tags: dict[str, str], run_id: str | None = None, system_metrics: bool = False
+        self,
+        name: str,
+        tags: dict[str, str],
+        run_id: str | None = None,
+        system_metrics: bool = False,
+        detached: bool = False,
     ) -> Iterator[StageRecord]:
-        watch = system_metrics and self.system_metrics
-        with store.run_scope(
-            name, self.experiment_id, tags, nested=True, run_id=run_id, system_metrics=watch
-        ) as run:
+        """A stage's run under the invocation's run. `detached`: kept off the stack of active
+        runs, so that it may stay open while the next stage's run opens (see
+        `store.detached_run_scope`); it samples no system metrics."""
+        watch = system_metrics and self.system_metrics and not detached
+        if detached:
+            scope = store.detached_run_scope(name, self.experiment_id, tags)
+        else:
+            scope = store.run_scope(name, self.experiment_id, tags, True, run_id, watch)
+        with scope as run:
             record = StageRecord(run.info.run_id, self.experiment_id, dict(tags))
             # who runs it now (a continued tune run too): reaped KILLED if this process dies
             record.log(tags=process_tags())
@@ -367,9 +377,7 @@ class NullRecorder:
         yield NullRecord()
 
     @contextmanager
-    def stage_run(
-        self, name: str, tags: dict[str, str], run_id: str | None = None, system_metrics: bool = False
-    ) -> Iterator[NullRecord]:
+    def stage_run(self, *args: Any, **kwargs: Any) -> Iterator[NullRecord]:
         yield NullRecord()
 
     def find(self, *args: Any, **kwargs: Any) -> None:

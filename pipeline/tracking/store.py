@@ -194,6 +194,38 @@ def run_scope(
         mlflow.end_run("FINISHED")
 
 
+@contextmanager
+def detached_run_scope(name: str, experiment_id: str, tags: dict[str, str]) -> Iterator[Run]:
+    """A run under the active run, kept off this thread's stack of active runs, so that the runs
+    opened while it is still open nest under the active run, not under it. It ends as
+    `run_scope`'s do, when the scope does (in any thread)."""
+    parent = mlflow.active_run()
+    assert parent is not None, "a detached run opens under an active run"
+    client = MlflowClient()
+    run = client.create_run(
+        experiment_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent.info.run_id}
+    )
+    try:
+        yield run
+    except KeyboardInterrupt:
+        _end_detached(client, run.info.run_id, "KILLED")
+        raise
+    except BaseException as exc:
+        _end_detached(client, run.info.run_id, "FAILED", f"{type(exc).__name__}: {mask(str(exc))}"[:5000])
+        raise
+    else:
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def _end_detached(client: MlflowClient, run_id: str, status: str, error: str | None = None) -> None:
+    try:
+        if error:
+            client.set_tag(run_id, "error", error)
+        client.set_terminated(run_id, status)
+    except Exception as exc:  # noqa: BLE001 - the original error is raised after this
+        log.warning("could not end run %s %s: %s", run_id, status, exc)
+
+
 def _end(run_id: str, experiment_id: str, status: str, error: str | None = None) -> None:
     """End a run after a failure, and the runs this process opened under it and left running
     (a tuning trial whose study could not record it: a full disk under the journal), as far as

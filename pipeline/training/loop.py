@@ -159,6 +159,8 @@ def run_epoch(run: TrainingState, epoch: int, data: TrainingData, objective: Obj
     pred, proba = outputs_to_predictions(outputs, data.task, run.target_scaling)
     score = objective.score(data.y_val, pred, proba)
     run.schedule.end_epoch(score)
+    if epoch == 0:
+        resume_full_collections()  # a command's start-up is over (pipeline.startup)
     return {
         "train_loss": train_loss,
         "val_loss": val_loss,
@@ -200,8 +202,6 @@ def fit(
     with ProgressBar(progress, last, objective.metric) as bar:
         for epoch in range(last):
             record = run_epoch(run, epoch, data, objective)
-            if epoch == 0:
-                resume_full_collections()  # a command's start-up is over (pipeline.startup)
             history.append(record)
             stop = stopping is not None and stopping.update(
                 epoch, record[key], record["val_loss"], run.network

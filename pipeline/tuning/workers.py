@@ -246,15 +246,18 @@ def run_workers(
     deadline: float | None,
     show: Callable[[scheduling.Census], None],
     pool: WorkerPool | None = None,
+    meanwhile: Callable[[], None] = lambda: None,
 ) -> None:
     """This process is worker 0; `n_jobs - 1` spawned processes join it (pooled ones when the
-    pool has enough), so no process waits for another to start before trials run."""
+    pool has enough), so no process waits for another to start before trials run. `meanwhile`
+    runs here once the others have their jobs, before this process's own first trial."""
     threads = max(1, (ctx.cfg.train.threads or os.cpu_count() or 1) // n_jobs)
     jobs = [WorkerJob(settings, ctx, i, threads, n_trials, deadline) for i in range(1, n_jobs)]
     workers = _spawn(jobs, pool)
     own = copy.deepcopy(ctx)
     own.cfg.train.threads = threads
     try:
+        meanwhile()
         work(study, own, n_trials, deadline, show)
         while any(p.is_alive() for p in workers):
             now = census(study, ctx.since)
