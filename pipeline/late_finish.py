@@ -36,10 +36,11 @@ class LateFinishes:
         if kind is None:
             self.finish()
             return
-        try:
-            self.finish()
-        except Exception as exc:  # noqa: BLE001 - the stage's own error is the one to report
-            log.warning("could not save the outputs of an earlier stage: %s", exc)
+        while self._waiting:  # each one, whatever the others do: no run is left open
+            try:
+                self._waiting.pop(0)()
+            except Exception as exc:  # noqa: BLE001 - the stage's own error is the one to report
+                log.warning("could not save the outputs of an earlier stage: %s", exc)
 
 
 def _finish_in(scope: ExitStack, finish: Callable[..., None], *args: Any) -> None:
