@@ -132,7 +132,7 @@ def test_the_summary_names_the_run_and_locks_stay_in_the_store(run_cli, store):
     store_dir = Path(store[len("sqlite:///") :]).parent
     assert (store_dir / "locks" / "registry-breast_cancer.lock").exists()
     assert not list(ROOT.glob("*.lock")) and not list(ROOT.glob(".registry-*"))
-    locks = ["locks/registry-x.lock", ".registry-x.lock"]
+    locks = ["locks/registry-x.lock", ".registry-x.lock", "studies/x.journal.flock"]
     ignored = subprocess.run(["git", "check-ignore", *locks], cwd=ROOT, capture_output=True, text=True)
     assert ignored.stdout.split() == locks  # a store kept in the checkout leaves nothing for git to add
 
