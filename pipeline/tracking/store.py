@@ -184,11 +184,8 @@ def run_scope(
     )
     try:
         yield active
-    except KeyboardInterrupt:
-        _end(active.info.run_id, experiment_id, "KILLED")
-        raise
     except BaseException as exc:
-        _end(active.info.run_id, experiment_id, "FAILED", f"{type(exc).__name__}: {mask(str(exc))}"[:5000])
+        _end(active.info.run_id, experiment_id, *_ending(exc))
         raise
     else:
         mlflow.end_run("FINISHED")
@@ -207,14 +204,18 @@ def detached_run_scope(name: str, experiment_id: str, tags: dict[str, str]) -> I
     )
     try:
         yield run
-    except KeyboardInterrupt:
-        _end_detached(client, run.info.run_id, "KILLED")
-        raise
     except BaseException as exc:
-        _end_detached(client, run.info.run_id, "FAILED", f"{type(exc).__name__}: {mask(str(exc))}"[:5000])
+        _end_detached(client, run.info.run_id, *_ending(exc))
         raise
     else:
         client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def _ending(exc: BaseException) -> tuple[str, str | None]:
+    """How a run ends on `exc`: KILLED (Ctrl-C, SIGTERM), else FAILED with the masked error."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "KILLED", None
+    return "FAILED", f"{type(exc).__name__}: {mask(str(exc))}"[:5000]
 
 
 def _end_detached(client: MlflowClient, run_id: str, status: str, error: str | None = None) -> None:
