@@ -33,6 +33,7 @@ class NetworkSpec:
     n_numeric: int = 0
     cardinalities: list[int] = field(default_factory=list)
     members: int = 1
+    numeric_embedding: str = "periodic"
     d_embedding: int = 16
     n_frequencies: int = 16
     frequency_scale: float = 0.05
@@ -76,6 +77,7 @@ def network_spec(
         n_numeric=n_numeric,
         cardinalities=list(cardinalities),
         members=int(model_cfg.members) if model_cfg.name == "tabular" else 1,
+        numeric_embedding=str(model_cfg.numeric_embedding),
         d_embedding=int(model_cfg.d_embedding),
         n_frequencies=int(model_cfg.n_frequencies),
         frequency_scale=float(model_cfg.frequency_scale),

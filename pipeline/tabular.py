@@ -1,8 +1,9 @@
 """A network for tables (model=tabular): numbers embedded with periodic embeddings (PLR,
 Gorishniy et al. 2022: sin and cos of learned frequencies, a linear layer and a ReLU per
-feature), categories with learned embeddings, and an efficient ensemble of `members` networks that
-share one MLP (TabM-mini, Gorishniy et al. 2025: each member scales the input by its own vector and
-has its own head). The members train on the same batches; the prediction is their mean."""
+feature) or taken as they are (`model.numeric_embedding`), categories with learned embeddings,
+and an efficient ensemble of `members` networks that share one MLP (TabM-mini, Gorishniy et al.
+2025: each member scales the input by its own vector and has its own head). The members train on
+the same batches; the prediction is their mean."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from pipeline.config.choices import ACTIVATIONS
+from pipeline.config.choices import ACTIVATIONS, NUMERIC_EMBEDDINGS
 
 
 class PeriodicEmbeddings(nn.Module):
@@ -21,6 +22,7 @@ class PeriodicEmbeddings(nn.Module):
     def __init__(self, n_features: int, k: int, d: int, scale: float):
         super().__init__()
         self.frequencies = nn.Parameter(torch.randn(n_features, k) * scale)
+        self.width = d
         self.weight = nn.Parameter(torch.empty(n_features, 2 * k, d))
         self.bias = nn.Parameter(torch.empty(n_features, d))
         bound = 1 / math.sqrt(2 * k)
@@ -33,6 +35,16 @@ class PeriodicEmbeddings(nn.Module):
         return torch.relu(torch.einsum("bfk,fkd->bfd", periodic, self.weight) + self.bias)
 
 
+class ScaledNumbers(nn.Module):
+    """The robustly scaled numbers as they are, one value each (TabM without embeddings): the
+    cheaper input, which tables with few, smooth numeric columns often prefer."""
+
+    width = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, features) -> (batch, features, 1)
+        return x[..., None]
+
+
 def category_width(cardinality: int) -> int:
     """An embedding width that grows slowly with the number of levels."""
     return max(2, min(16, round(1.6 * cardinality**0.56)))
@@ -42,13 +54,11 @@ class TabularNet(nn.Module):
     def __init__(self, spec: object):
         super().__init__()
         self.n_numeric, self.members = spec.n_numeric, spec.members
-        self.numbers = (
-            PeriodicEmbeddings(spec.n_numeric, spec.n_frequencies, spec.d_embedding, spec.frequency_scale)
-            if spec.n_numeric
-            else None
-        )
+        embed = NUMERIC_EMBEDDINGS[spec.numeric_embedding]
+        self.numbers = embed(spec.n_numeric, spec) if spec.n_numeric else None
         self.categories = nn.ModuleList(nn.Embedding(c, category_width(c)) for c in spec.cardinalities)
-        width = spec.n_numeric * spec.d_embedding + sum(category_width(c) for c in spec.cardinalities)
+        width = sum(category_width(c) for c in spec.cardinalities)
+        width += spec.n_numeric * self.numbers.width if self.numbers is not None else 0
         # each member's own scaling of the shared input (TabM-mini), initialized at random signs
         self.adapters = nn.Parameter(torch.randint(0, 2, (spec.members, width)).float() * 2 - 1)
         layers: list[nn.Module] = []

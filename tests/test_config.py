@@ -96,6 +96,37 @@ def test_validate_checks_the_search_space_paths(make_cfg):
         validate(make_cfg("+tune.space.xgboost={}"))
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "tune.space.network.model.activation.choices=[relu,swish]",
+            "entry 'model.activation' lets a trial set model.activation='swish' is not valid; "
+            "expected one of relu",
+        ),
+        ("tune.space.network.model.dropout.high=1.5", "lets a trial set model.dropout=1.5 is out of range"),
+        ("tune.space.network.train.batch_size.choices=[0,64]", "train.batch_size=0 is out of range"),
+        ("tune.space.network.train.batch_size.choices=[big,64]", "batch_size='big', which is not an integer"),
+        (
+            "+tune.space.network.train.batch_size={type:float,low:16,high:64}",
+            r"batch_size to a fraction, which is not an integer \(use type: int\)",
+        ),
+        (
+            "tune.space.hist_gradient_boosting.family.hist_gradient_boosting.max_leaf_nodes.low=1",
+            "max_leaf_nodes=1 is out of range; it must be >= 2; narrow its choices or bounds",
+        ),
+        (
+            "tune.space.network.model.hidden.width.log=false tune.space.network.model.hidden.width.low=0",
+            "model.hidden/model.channels entries=0 is out of range",
+        ),
+    ],
+)
+def test_a_search_space_cannot_hold_a_value_its_key_refuses(make_cfg, override, message):
+    """Found when the command starts, not when a trial draws it in the middle of a search."""
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg(*override.split()))
+
+
 SPACE_ERRORS = [
     (
         {"train": {"nope": {"type": "float", "low": 0.1, "high": 1.0}}},

@@ -57,6 +57,24 @@ def test_the_network_embeds_numbers_and_categories_and_predicts_per_member(make_
     assert out.shape == (8, MEMBERS, 1)  # one logit per member
 
 
+def test_without_numeric_embeddings_each_number_is_one_input(make_cfg):
+    _, spec = _spec(make_cfg, "binary", 2, "model.numeric_embedding=none")
+    network = build_network(spec)
+    width = N_NUMERIC + sum(category_width(c) for c in CARDINALITIES)
+    assert network.adapters.shape == (MEMBERS, width)
+    x = torch.cat([torch.randn(8, N_NUMERIC), torch.tensor([[1, 2]] * 8, dtype=torch.float32)], dim=1)
+    assert network(x).shape == (8, MEMBERS, 1)
+    assert not any(isinstance(m, PeriodicEmbeddings) for m in network.modules())
+
+
+def test_an_unknown_numeric_embedding_is_refused_with_the_choices(make_cfg):
+    from pipeline.config.validate import validate
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.numeric_embedding.*periodic.*none"):
+        validate(make_cfg("model=tabular", "model.numeric_embedding=plr"))
+
+
 def test_the_prediction_is_the_mean_over_members():
     logits = torch.tensor([[[2.0], [-1.0], [0.5]], [[0.0], [0.0], [0.0]]])  # 2 rows, 3 members
     pred, proba = outputs_to_predictions(logits, "binary", None)

@@ -55,6 +55,7 @@ class ModelConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # model=tabular: numeric embeddings and an efficient ensemble
     members: int = 8  # networks sharing one MLP; the prediction is their mean
+    numeric_embedding: str = "periodic"  # periodic, or none: the scaled numbers as they are
     d_embedding: int = 16  # width of each number's embedding
     n_frequencies: int = 16  # periodic features per number
     frequency_scale: float = 0.05  # spread of the initial frequencies

@@ -115,6 +115,7 @@ RULES: list[tuple[str, Check]] = [
     ("model.hidden", each(at_least(1), "model.hidden/model.channels entries")),
     ("model.channels", each(at_least(1), "model.hidden/model.channels entries")),
     ("model.members", at_least(1)),
+    ("model.numeric_embedding", one_of(choices.NUMERIC_EMBEDDINGS)),
     ("model.d_embedding", at_least(1)),
     ("model.n_frequencies", at_least(1)),
     ("model.frequency_scale", above(0)),
@@ -234,9 +235,21 @@ def _tracking(cfg: DictConfig) -> None:
         )
 
 
+def _extremes(dimension: Any) -> list[Any]:
+    """The values a trial can set at a dimension's path: every choice, or both bounds."""
+    if dimension.type == "categorical":
+        return list(dimension.choices)
+    if dimension.type == "layers":
+        return [[int(dimension.low)], [int(dimension.high)]]
+    return [dimension.low, dimension.high]
+
+
 def _spaces(cfg: DictConfig) -> None:
+    """Each space parses, and no trial can set a value the key's own rule refuses (found now,
+    not in the middle of a search)."""
     from pipeline.tuning.space import parse_space
 
+    rule_of = dict(RULES)
     spaces = OmegaConf.to_container(cfg.tune.space, resolve=True)
     assert isinstance(spaces, dict)
     for name, space in spaces.items():
@@ -244,7 +257,33 @@ def _spaces(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"tune.space.{name} names no model family; expected one of {', '.join(choices.FAMILIES)}"
             )
-        parse_space(space, cfg, f"tune.space.{name}")
+        for dimension in parse_space(space, cfg, f"tune.space.{name}"):
+            for value in _extremes(dimension):
+                message = _refused(cfg, dimension, value, rule_of.get(dimension.path))
+                if message is not None:
+                    raise ConfigError(
+                        f"tune.space.{name} entry {dimension.path!r} lets a trial set {message}; "
+                        "narrow its choices or bounds"
+                    )
+
+
+KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def _refused(cfg: DictConfig, dimension: Any, value: Any, check: Check | None) -> str | None:
+    """Why the config would refuse `value` at the dimension's path: the key's type, then its rule."""
+    from omegaconf.errors import ValidationError
+
+    path, current = dimension.path, OmegaConf.select(cfg, dimension.path)
+    kind = KINDS.get(type(current).__name__, "a list")
+    if dimension.type == "float" and type(current) is int:
+        return f"{path} to a fraction, which is not {kind} (use type: int)"
+    section, key = path.rsplit(".", 1)
+    try:
+        OmegaConf.update(OmegaConf.select(cfg, section).copy(), key, value, merge=False)
+    except ValidationError:
+        return f"{path}={value!r}, which is not {kind}"
+    return check(path, value) if check is not None else None
 
 
 CROSS_FIELD_RULES: list[Callable[[DictConfig], None]] = [
