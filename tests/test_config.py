@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 
 from pipeline.config import validate
 from pipeline.errors import ConfigError
@@ -125,6 +126,13 @@ def test_a_search_space_cannot_hold_a_value_its_key_refuses(make_cfg, override, 
     """Found when the command starts, not when a trial draws it in the middle of a search."""
     with pytest.raises(ConfigError, match=message):
         validate(make_cfg(*override.split()))
+
+
+def test_checking_a_search_space_leaves_the_config_as_it_was(make_cfg):
+    cfg = make_cfg("candidates=[network,hist_gradient_boosting,random_forest]")
+    before = OmegaConf.to_container(cfg)
+    validate(cfg)  # tries each space's values against the keys' types
+    assert OmegaConf.to_container(cfg) == before
 
 
 SPACE_ERRORS = [

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipeline.config import choices
 from pipeline.errors import ConfigError
@@ -245,8 +245,8 @@ def _extremes(dimension: Any) -> list[Any]:
 
 
 def _spaces(cfg: DictConfig) -> None:
-    """Each space parses, and no trial can set a value the key's own rule refuses (found now,
-    not in the middle of a search)."""
+    """Each space parses, and no trial can set a value of the wrong type or one the key's rule
+    refuses (found when the command starts, not in the middle of a search)."""
     from pipeline.tuning.space import parse_space
 
     rule_of = dict(RULES)
@@ -267,7 +267,7 @@ def _spaces(cfg: DictConfig) -> None:
                     )
 
 
-KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
 
 
 def _refused(cfg: DictConfig, dimension: Any, value: Any, check: Check | None) -> str | None:
@@ -275,7 +275,7 @@ def _refused(cfg: DictConfig, dimension: Any, value: Any, check: Check | None) -
     from omegaconf.errors import ValidationError
 
     path, current = dimension.path, OmegaConf.select(cfg, dimension.path)
-    kind = KINDS.get(type(current).__name__, "a list")
+    kind = TYPE_NAMES.get(type(current).__name__, "a list" if isinstance(current, ListConfig) else "its type")
     if dimension.type == "float" and type(current) is int:
         return f"{path} to a fraction, which is not {kind} (use type: int)"
     section, key = path.rsplit(".", 1)
