@@ -28,7 +28,6 @@ def test_cli_rejects_unknown_keys_wrong_types_and_unknown_data_sets(run_cli, ove
         assert "nope" in proc.stderr and "wine" in proc.stderr  # names the valid choices
 
 
-@pytest.mark.slow  # each starts python and imports torch and MLflow before validating
 @pytest.mark.parametrize(
     ("override", "key"), [("train.lr=-1", "train.lr"), ("tune.n_trials=0", "tune.n_trials")]
 )
