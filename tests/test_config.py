@@ -101,15 +101,15 @@ def test_validate_checks_the_search_space_paths(make_cfg):
     [
         (
             "tune.space.network.model.activation.choices=[relu,swish]",
-            "entry 'model.activation' lets a trial set model.activation='swish' is not valid; "
-            "expected one of relu",
+            "entry 'model.activation' can draw a value the key refuses: model.activation='swish' "
+            "is not valid; expected one of relu",
         ),
-        ("tune.space.network.model.dropout.high=1.5", "lets a trial set model.dropout=1.5 is out of range"),
+        ("tune.space.network.model.dropout.high=1.5", "refuses: model.dropout=1.5 is out of range"),
         ("tune.space.network.train.batch_size.choices=[0,64]", "train.batch_size=0 is out of range"),
-        ("tune.space.network.train.batch_size.choices=[big,64]", "batch_size='big', which is not an integer"),
+        ("tune.space.network.train.batch_size.choices=[big,64]", "batch_size='big' is not an integer"),
         (
             "+tune.space.network.train.batch_size={type:float,low:16,high:64}",
-            r"batch_size to a fraction, which is not an integer \(use type: int\)",
+            r"batch_size is an integer and type: float draws fractions \(use type: int\)",
         ),
         (
             "tune.space.hist_gradient_boosting.family.hist_gradient_boosting.max_leaf_nodes.low=1",

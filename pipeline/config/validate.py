@@ -262,8 +262,8 @@ def _spaces(cfg: DictConfig) -> None:
                 message = _refused(cfg, dimension, value, rule_of.get(dimension.path))
                 if message is not None:
                     raise ConfigError(
-                        f"tune.space.{name} entry {dimension.path!r} lets a trial set {message}; "
-                        "narrow its choices or bounds"
+                        f"tune.space.{name} entry {dimension.path!r} can draw a value the key "
+                        f"refuses: {message}; narrow its choices or bounds"
                     )
 
 
@@ -277,12 +277,12 @@ def _refused(cfg: DictConfig, dimension: Any, value: Any, check: Check | None) -
     path, current = dimension.path, OmegaConf.select(cfg, dimension.path)
     kind = TYPE_NAMES.get(type(current).__name__, "a list" if isinstance(current, ListConfig) else "its type")
     if dimension.type == "float" and type(current) is int:
-        return f"{path} to a fraction, which is not {kind} (use type: int)"
+        return f"{path} is {kind} and type: float draws fractions (use type: int)"
     section, key = path.rsplit(".", 1)
     try:
         OmegaConf.update(OmegaConf.select(cfg, section).copy(), key, value, merge=False)
     except ValidationError:
-        return f"{path}={value!r}, which is not {kind}"
+        return f"{path}={value!r} is not {kind}"
     return check(path, value) if check is not None else None
 
 
