@@ -36,8 +36,8 @@ class PeriodicEmbeddings(nn.Module):
 
 
 class ScaledNumbers(nn.Module):
-    """The robustly scaled numbers as they are, one value each (TabM without embeddings): the
-    cheaper input, which tables with few, smooth numeric columns often prefer."""
+    """The robustly scaled numbers as they are, one value each (TabM without embeddings): a
+    narrower first layer than periodic embeddings give."""
 
     width = 1
 
@@ -54,8 +54,7 @@ class TabularNet(nn.Module):
     def __init__(self, spec: object):
         super().__init__()
         self.n_numeric, self.members = spec.n_numeric, spec.members
-        embed = NUMERIC_EMBEDDINGS[spec.numeric_embedding]
-        self.numbers = embed(spec.n_numeric, spec) if spec.n_numeric else None
+        self.numbers = NUMERIC_EMBEDDINGS[spec.numeric_embedding](spec) if spec.n_numeric else None
         self.categories = nn.ModuleList(nn.Embedding(c, category_width(c)) for c in spec.cardinalities)
         width = sum(category_width(c) for c in spec.cardinalities)
         width += spec.n_numeric * self.numbers.width if self.numbers is not None else 0

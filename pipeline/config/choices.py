@@ -58,13 +58,13 @@ NETWORKS: dict[str, Callable[[Any], Any]] = {
     "tabular": lambda spec: import_module("pipeline.tabular").TabularNet(spec),
 }
 
-# numeric embeddings of model=tabular: name -> (numbers, spec) -> module mapping
-# (batch, numbers) to (batch, numbers, width) with a `width` attribute
-NUMERIC_EMBEDDINGS: dict[str, Callable[[int, Any], Any]] = {
-    "periodic": lambda n, spec: import_module("pipeline.tabular").PeriodicEmbeddings(
-        n, spec.n_frequencies, spec.d_embedding, spec.frequency_scale
+# numeric embeddings of model=tabular: name -> (NetworkSpec -> module mapping (batch, numbers)
+# to (batch, numbers, width), with a `width` attribute)
+NUMERIC_EMBEDDINGS: dict[str, Callable[[Any], Any]] = {
+    "periodic": lambda spec: import_module("pipeline.tabular").PeriodicEmbeddings(
+        spec.n_numeric, spec.n_frequencies, spec.d_embedding, spec.frequency_scale
     ),
-    "none": lambda n, spec: import_module("pipeline.tabular").ScaledNumbers(),
+    "none": lambda spec: import_module("pipeline.tabular").ScaledNumbers(),
 }
 
 ACTIVATIONS: dict[str, Callable[[], Any]] = {
