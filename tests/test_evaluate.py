@@ -10,7 +10,7 @@ from conftest import prepare_config
 from sklearn import metrics as skm
 
 from pipeline.families import settings_of
-from pipeline.metrics import Objective, expected_calibration_error, resolve_objective, task_metrics
+from pipeline.metrics import METRICS, Objective, expected_calibration_error, resolve_objective, task_metrics
 from pipeline.stages.evaluate import Evaluation, bootstrap_difference, evaluate, verdict_line
 from pipeline.stages.train import train
 
@@ -86,6 +86,47 @@ def test_log_loss_of_float32_probabilities_matches_sklearn_without_warning(recwa
     got = task_metrics("multiclass", y, proba.argmax(axis=1), proba)["log_loss"]
     assert got == pytest.approx(skm.log_loss(y, proba / proba.sum(axis=1, keepdims=True)), rel=1e-6)
     assert not [w for w in recwarn if "do not sum to one" in str(w.message)]
+
+
+@pytest.mark.parametrize("decimals", [None, 2, 1])
+def test_roc_auc_matches_sklearn_with_ties_float32_and_one_class_absent(decimals):
+    """ROC-AUC is computed without scikit-learn (its input checks cost ~4 ms a call, thousands of
+    calls a run): tied scores count half, as on scikit-learn's curve."""
+    rng = np.random.default_rng(5)
+    metric = METRICS["roc_auc"].compute
+    for n in (3, 40, 500):
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]
+        proba = _proba(rng, n, 2).astype(np.float32)  # like the network's output
+        if decimals is not None:
+            proba = np.round(proba, decimals)  # many ties
+        assert metric(y, None, proba) == pytest.approx(skm.roc_auc_score(y, proba[:, 1]), abs=1e-12)
+        y3 = rng.integers(0, 3, n)
+        y3[:3] = [0, 1, 2]
+        proba3 = _proba(rng, n, 3)
+        expected = skm.roc_auc_score(y3, proba3, multi_class="ovr", labels=[0, 1, 2])
+        if decimals is not None:
+            # scikit-learn refuses rounded rows that do not sum to one; "ovr" is the mean over classes
+            proba3 = np.round(proba3, decimals)
+            expected = np.mean([skm.roc_auc_score(y3 == k, proba3[:, k]) for k in range(3)])
+        assert metric(y3, None, proba3) == pytest.approx(expected, abs=1e-12)
+    # a class absent from a bootstrap resample leaves the score undefined, as scikit-learn's
+    assert np.isnan(metric(np.array([0, 1, 0, 1]), None, _proba(rng, 4, 3)))
+    assert np.isnan(metric(np.array([1, 1, 1]), None, _proba(rng, 3, 2)))
+
+
+def test_fast_metrics_leave_bad_input_to_sklearn_errors():
+    rng = np.random.default_rng(6)
+    proba = _proba(rng, 10, 2)
+    y = np.array([0, 1] * 5)
+    bad = proba.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        METRICS["roc_auc"].compute(y, None, bad)
+    with pytest.raises(ValueError, match="label"):
+        METRICS["log_loss"].compute(np.array([0, 1, 2] + [0] * 7), None, proba)
+    # labels given as floats are scored as scikit-learn scores them
+    assert METRICS["log_loss"].compute(y.astype(float), None, proba) == pytest.approx(skm.log_loss(y, proba))
 
 
 def test_expected_calibration_error_by_hand():
