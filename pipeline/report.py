@@ -47,9 +47,11 @@ def _fmt(value: Any) -> str:
 
 
 def _image(figure: Any) -> str:
-    """A figure (closed afterwards), or a PNG drawn already, as an inline image."""
+    """A figure (closed afterwards), or a PNG drawn already, as an inline image; nothing for None."""
     import matplotlib.pyplot as plt
 
+    if figure is None:
+        return ""
     if isinstance(figure, bytes):
         png = figure
     else:
@@ -114,21 +116,21 @@ def data_section(prepared: Any) -> str:
     )
 
 
-def search_section(tuned_by_family: dict[str, Any], maximize: bool) -> str:
+def search_section(tuned_by_family: dict[str, Any], maximize: bool, draw: bool = True) -> str:
     from pipeline import plots
 
     parts = []
     for family, tuned in tuned_by_family.items():
         params = [[k, v] for k, v in tuned.best_values.items()]
         importances = [[k, v] for k, v in sorted(tuned.importances.items(), key=lambda kv: -kv[1])]
+        history = tuned.figures.get("optimization_history.png")  # the tune stage's, when it drew it
+        if history is None and draw:
+            history = plots.search_history(tuned.trials, maximize, f"{family}: validation value per trial")
         parts += [
             f"<h3>{_e(family)}</h3><p>{_e(tuned.describe_trials())}; best value "
             f"{tuned.best_value:.4g} (trial {tuned.best_trial}).</p>",
             _side_by_side(
-                _image(
-                    tuned.figures.get("optimization_history.png")  # the tune stage's, when it drew it
-                    or plots.search_history(tuned.trials, maximize, f"{family}: validation value per trial")
-                ),
+                _image(history),
                 _table(["best parameter", "value"], params),
                 _table(["parameter", "importance"], importances) if importances else "",
             ),
@@ -136,7 +138,7 @@ def search_section(tuned_by_family: dict[str, Any], maximize: bool) -> str:
     return _section("The search, per family", *parts)
 
 
-def model_section(result: Any) -> str:
+def model_section(result: Any, draw: bool = True) -> str:
     from pipeline import plots
 
     evaluation, trained = result.outputs.get("evaluate"), result.outputs.get("train", {})
@@ -152,9 +154,9 @@ def model_section(result: Any) -> str:
         return ""
     model, metric = trained[winner], result.objective.metric
     # the train stage's PNG when this invocation drew it; drawn here for a train run reused
-    curve = model.figures.get("learning_curve.png") or plots.learning_curve(
-        model.history, f"val_{metric}", model.best_epoch
-    )
+    curve = model.figures.get("learning_curve.png")
+    if curve is None and draw:
+        curve = plots.learning_curve(model.history, f"val_{metric}", model.best_epoch)
     return _section(
         "The final model",
         f"<p>{_e(winner)}, params from {_e(model.params_source)}; best {'epoch' if winner == 'network' else 'step'} "
@@ -165,7 +167,7 @@ def model_section(result: Any) -> str:
     )
 
 
-def evaluation_section(evaluation: Any) -> str:
+def evaluation_section(evaluation: Any, draw: bool = True) -> str:
     frame = evaluation.table()
     columns = ["model"] + [c for c in frame.columns if c.startswith(("cv_", "val_", "test_"))]
     rows = [[("★ " if r["model"] == evaluation.winner else "") + str(r["model"]), *[r.get(c) for c in columns[1:]]]
@@ -182,7 +184,12 @@ def evaluation_section(evaluation: Any) -> str:
         ),
         f"<p><b>Verdict:</b> {_e(evaluation.verdict)}</p>",
         *[f"<p>{_e(note)}</p>" for note in evaluation.notes],
-        figures or "<p>The plots are in the evaluate run's artifacts.</p>",
+        figures
+        or (
+            "<p>The plots are in the evaluate run's artifacts.</p>"
+            if draw
+            else "<p>No plots were drawn (tracking.plots=false).</p>"
+        ),
     )
 
 
@@ -224,17 +231,20 @@ def reproducibility_section(result: Any, git: dict[str, str], config_digest: str
     )
 
 
-def build_report(result: Any, git: dict[str, str], config_digest: str, seed: int, port: int) -> str:
-    """The page for a finished invocation; sections for the stages it ran or used."""
+def build_report(
+    result: Any, git: dict[str, str], config_digest: str, seed: int, port: int, draw: bool = True
+) -> str:
+    """The page for a finished invocation; sections for the stages it ran or used. `draw`: draw
+    the figures a stage did not (tracking.plots); false shows only those drawn already."""
     outputs = result.outputs
     parts = [headline(result)]
     if "prepare" in outputs:
         parts.append(data_section(outputs["prepare"]))
     if outputs.get("tune"):
-        parts.append(search_section(outputs["tune"], result.objective.maximize))
-    parts.append(model_section(result))
+        parts.append(search_section(outputs["tune"], result.objective.maximize, draw))
+    parts.append(model_section(result, draw))
     if "evaluate" in outputs:
-        parts.append(evaluation_section(outputs["evaluate"]))
+        parts.append(evaluation_section(outputs["evaluate"], draw))
     if "register" in outputs:
         parts.append(gate_section(outputs["register"]))
     if "prepare" in outputs:

@@ -125,7 +125,7 @@ def _report(parent: Any, result: PipelineResult, cfg: DictConfig, git: dict[str,
     from pipeline.report import build_report
 
     building = time.perf_counter()
-    page = build_report(result, git, digest, int(cfg.seed), int(cfg.serve.port))
+    page = build_report(result, git, digest, int(cfg.seed), int(cfg.serve.port), bool(cfg.tracking.plots))
     parent.files({"report.html": page})
     parent.log(metrics={"report_seconds": time.perf_counter() - building})
 

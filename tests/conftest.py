@@ -30,6 +30,9 @@ TINY = [
     "candidates=[network]",
     "evaluate.bootstrap=50",
     "train.threads=1",
+    # figures cost 0.1-0.3 s each and most runs draw 8-20; tests/test_plots.py draws every one,
+    # and the tests of the report and of the plots in the store turn them on
+    "tracking.plots=false",
 ]
 
 register_schemas()

@@ -170,6 +170,11 @@ def test_cli_runs_every_stage_and_records_them(run_cli, store):
         [experiment.experiment_id], f"tags.mlflow.parentRunId = '{by_stage['tune.network'].info.run_id}'"
     )
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials)
+    # tracking.plots=false (as in every quick test run): no stage draws a figure, nor the report
+    for stage, run in by_stage.items():
+        assert "plots" not in {a.path for a in client.list_artifacts(run.info.run_id)}, stage
+    report = Path(client.download_artifacts(parent.info.run_id, "report.html")).read_text()
+    assert "No plots were drawn (tracking.plots=false)" in report and "data:image/png" not in report
 
     # the parent records what is needed to repeat the run
     assert parent.data.tags["git.commit"]

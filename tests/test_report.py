@@ -66,7 +66,8 @@ def reported(tmp_path_factory, migrated_db):
     store = f"sqlite:///{folder / 'mlflow.db'}"
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
-            config_name="config", overrides=[*TINY, f"tracking.uri={store}", "candidates=[network,linear]"]
+            config_name="config",
+            overrides=[*TINY, f"tracking.uri={store}", "candidates=[network,linear]", "tracking.plots=true"],
         )
     result = run_pipeline(cfg)
     mlflow.set_tracking_uri(store)

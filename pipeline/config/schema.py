@@ -174,6 +174,7 @@ class TrackingConfig:
         10.0  # seconds to reach the store before giving up; None: MLflow's patience
     )
     report: bool = True  # report.html on the pipeline run
+    plots: bool = True  # the stages' PNG figures (and the report's); false skips drawing them
 
 
 @dataclass

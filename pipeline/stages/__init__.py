@@ -64,6 +64,11 @@ class StageCall:
     def opened(self, record: Any, state: Any) -> StageCall:
         return replace(self, record=record, state=state)
 
+    @property
+    def plots(self) -> bool:
+        """Whether the stage draws its figures: tracked, and `tracking.plots` not turned off."""
+        return bool(self.recorder.enabled and self.cfg.tracking.plots)
+
 
 @dataclass(frozen=True)
 class Opening:

@@ -330,7 +330,7 @@ def run(call: StageCall) -> Evaluation:
         call.upstream["prepare"],
         call.upstream["train"],
         call.invocation.objective,
-        with_figures=call.recorder.enabled,
+        with_figures=call.plots,
     )
 
 

@@ -180,8 +180,9 @@ def record(run: Any, trained: Any, call: StageCall) -> None:
             "refit": str(trained.refit).lower(),
         },
     )
-    curve = plots.learning_curve(trained.history, f"val_{metric}", trained.best_epoch)
-    trained.figures = run.figures({"learning_curve.png": curve}) or {}  # the run report shows it again
+    if call.plots:
+        curve = plots.learning_curve(trained.history, f"val_{metric}", trained.best_epoch)
+        trained.figures = run.figures({"learning_curve.png": curve}) or {}  # the run report shows it again
     prepared: PreparedData = call.upstream["prepare"]
     run.model(trained.predictor(prepared), prepared.frames["test"].head(3))
 

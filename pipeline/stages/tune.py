@@ -281,8 +281,8 @@ def record(run: Any, result: TuneResult, call: StageCall) -> None:
         },
     )
     run.files({"trials.csv": trials_frame(study).to_csv(index=False)})
-    # kept for the run report, which shows the search again
-    result.figures = run.figures(study_figures(study, result.trials, result.importances)) or {}
+    if call.plots:  # kept for the run report, which shows the search again
+        result.figures = run.figures(study_figures(study, result.trials, result.importances)) or {}
 
 
 STAGE = Stage(

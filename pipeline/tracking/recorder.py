@@ -107,6 +107,8 @@ class StageRecord:
     def figures(self, figures: dict[str, Any]) -> dict[str, bytes]:
         """Matplotlib figures as PNG artifacts under plots/ (closed afterwards); returns the PNGs,
         so that a page showing them again (the run report) needs not draw them again."""
+        if not figures:  # nothing drawn (tracking.plots=false): no empty plots/ folder
+            return {}
         import io
 
         import matplotlib.pyplot as plt
