@@ -48,13 +48,13 @@ def _fmt(value: Any) -> str:
 
 def _image(figure: Any) -> str:
     """A figure (closed afterwards), or a PNG drawn already, as an inline image; nothing for None."""
-    import matplotlib.pyplot as plt
-
     if figure is None:
         return ""
     if isinstance(figure, bytes):
         png = figure
     else:
+        import matplotlib.pyplot as plt
+
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=90)
         plt.close(figure)
@@ -117,14 +117,14 @@ def data_section(prepared: Any) -> str:
 
 
 def search_section(tuned_by_family: dict[str, Any], maximize: bool, draw: bool = True) -> str:
-    from pipeline import plots
-
     parts = []
     for family, tuned in tuned_by_family.items():
         params = [[k, v] for k, v in tuned.best_values.items()]
         importances = [[k, v] for k, v in sorted(tuned.importances.items(), key=lambda kv: -kv[1])]
         history = tuned.figures.get("optimization_history.png")  # the tune stage's, when it drew it
         if history is None and draw:
+            from pipeline import plots
+
             history = plots.search_history(tuned.trials, maximize, f"{family}: validation value per trial")
         parts += [
             f"<h3>{_e(family)}</h3><p>{_e(tuned.describe_trials())}; best value "
@@ -139,8 +139,6 @@ def search_section(tuned_by_family: dict[str, Any], maximize: bool, draw: bool =
 
 
 def model_section(result: Any, draw: bool = True) -> str:
-    from pipeline import plots
-
     evaluation, trained = result.outputs.get("evaluate"), result.outputs.get("train", {})
     winner = evaluation.winner if evaluation else next(iter(trained), None)
     if evaluation is not None and winner == ENSEMBLE:
@@ -156,6 +154,8 @@ def model_section(result: Any, draw: bool = True) -> str:
     # the train stage's PNG when this invocation drew it; drawn here for a train run reused
     curve = model.figures.get("learning_curve.png")
     if curve is None and draw:
+        from pipeline import plots
+
         curve = plots.learning_curve(model.history, f"val_{metric}", model.best_epoch)
     return _section(
         "The final model",

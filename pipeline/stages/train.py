@@ -151,8 +151,6 @@ def _params(cfg: DictConfig, family: str, trained: Any) -> dict[str, Any]:
 
 
 def record(run: Any, trained: Any, call: StageCall) -> None:
-    from pipeline import plots
-
     metric = call.invocation.objective.metric
     tune_run = call.upstream_runs.get(f"tune.{call.family}")
     size = {}
@@ -181,6 +179,8 @@ def record(run: Any, trained: Any, call: StageCall) -> None:
         },
     )
     if call.plots:
+        from pipeline import plots  # matplotlib: imported only to draw
+
         curve = plots.learning_curve(trained.history, f"val_{metric}", trained.best_epoch)
         trained.figures = run.figures({"learning_curve.png": curve}) or {}  # the run report shows it again
     prepared: PreparedData = call.upstream["prepare"]
