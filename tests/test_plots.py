@@ -71,3 +71,36 @@ def test_search_figures():
     images = _rendered(figures)
     assert all(image.startswith(PNG) and len(image) > 5000 for image in images.values())
     assert not plt.get_fignums()  # every figure was closed
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            "breast_cancer",
+            {"confusion_matrix.png", "roc_curve.png", "precision_recall_curve.png", "calibration_curve.png"},
+        ),
+        (
+            "wine",
+            {"confusion_matrix.png", "roc_curve.png", "precision_recall_curve.png", "calibration_curve.png"},
+        ),
+        ("diabetes", {"predicted_vs_actual.png", "residuals.png"}),
+    ],
+)
+def test_the_evaluate_stage_draws_its_figures_for_each_task(make_cfg, data, expected):
+    from conftest import prepare_config
+
+    from pipeline.stages.evaluate import _figures
+
+    prepared = prepare_config(make_cfg(f"data={data}"))
+    y = prepared.targets["test"]
+    if prepared.task == "regression":
+        pred, proba = y + np.random.default_rng(2).normal(0, 10, len(y)), None
+    else:
+        k = len(prepared.preprocessing.classes)
+        proba = np.full((len(y), k), 0.2 / k)
+        proba[np.arange(len(y)), y] += 0.8
+        pred = proba.argmax(axis=1)
+    images = _rendered(_figures(prepared, pred, proba, bins=10))
+    assert set(images) == expected
+    assert all(image.startswith(PNG) for image in images.values())
