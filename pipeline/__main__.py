@@ -3,7 +3,6 @@ stages. The overrides are checked before Hydra starts; the Hydra app itself is t
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
@@ -15,12 +14,6 @@ from pipeline.errors import PipelineError
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_schemas()
-
-
-def _terminate(signum: int, frame: object) -> None:
-    from pipeline.errors import Terminated
-
-    raise Terminated(f"signal {signum}")
 
 
 def _fail(exc: Exception) -> None:
@@ -112,8 +105,9 @@ def main(cfg: DictConfig) -> float | None:
 
     from pipeline.config import validate
     from pipeline.config.overrides import explicit_keys
+    from pipeline.shutdown import end_on_sigterm
 
-    signal.signal(signal.SIGTERM, _terminate)
+    end_on_sigterm()
     try:
         validate(cfg)  # before the heavy imports: a bad value is reported in a second
     except PipelineError as exc:

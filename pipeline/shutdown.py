@@ -9,11 +9,17 @@ multiprocessing register, the standard streams) and ends the process at once."""
 from __future__ import annotations
 
 import atexit
+import logging
 import os
+import signal
 import sys
 import threading
+import time
+import traceback
 from collections.abc import Callable
 from typing import NoReturn
+
+ENDING_GRACE_SECONDS = 60.0  # after SIGTERM, to end the open runs before the process exits anyway
 
 
 def exit_code(code: object) -> int:
@@ -56,3 +62,38 @@ def run_then_exit(main: Callable[[], object]) -> NoReturn:
     except SystemExit as exc:
         exit_now(exc.code)
     exit_now(0)
+
+
+def end_on_sigterm(grace: float = ENDING_GRACE_SECONDS) -> None:
+    """SIGTERM (`docker stop`, a scheduler's cancel) raises `Terminated` where the program is, so
+    that its runs end KILLED as after Ctrl-C. Only the first one does: a second would cut that
+    ending short. The ending is bounded as a scheduler's grace period is: a process still there
+    `grace` seconds later (a store that stopped answering) writes where each thread waited to
+    the run's log, says so in one line and exits 143; the next run marks its runs KILLED."""
+    ending = threading.Event()
+
+    def terminate(signum: int, frame: object) -> None:
+        from pipeline.errors import Terminated
+
+        if ending.is_set():
+            return
+        ending.set()
+        threading.Thread(target=_exit_after, args=(grace,), name="sigterm-grace", daemon=True).start()
+        raise Terminated(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def _exit_after(grace: float) -> None:
+    time.sleep(grace)
+    frames = sys._current_frames()  # noqa: SLF001 - where each thread is stuck
+    stacks = "\n".join(
+        f"thread {thread.name}:\n{''.join(traceback.format_stack(frames[thread.ident]))}"
+        for thread in threading.enumerate()
+        if thread.ident in frames and thread is not threading.current_thread()
+    )
+    logging.getLogger("pipeline").error("the runs were not ended %.0f s after SIGTERM:\n%s", grace, stacks)
+    print(f"error: the open runs could not be ended within {grace:.0f} s of SIGTERM; exiting "
+          "(the next run marks them KILLED; where it waited is in the run's pipeline.log)",
+          file=sys.stderr, flush=True)  # fmt: skip
+    os._exit(143)

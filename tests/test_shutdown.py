@@ -3,8 +3,10 @@ its threads, atexit hooks, log handlers and buffered streams hold is written bef
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,53 @@ def test_under_a_tracer_the_process_exits_as_usual(tmp_path):
         assert done.stdout == "buffered, no newline"
         assert (tmp_path / "thread").read_text() == "done"
         assert (tmp_path / "torn-down").exists() is torn_down
+
+
+STUCK_ENDING = """
+import logging, sys, time
+from pathlib import Path
+from pipeline.shutdown import end_on_sigterm
+
+logging.basicConfig(filename=Path(sys.argv[1]) / "pipeline.log")
+end_on_sigterm(grace=1.0)
+try:
+    print("ready", flush=True)
+    time.sleep(60)
+except KeyboardInterrupt:
+    print("ending", flush=True)
+    ended = time.monotonic()
+    while time.monotonic() - ended < 60:  # an ending that never finishes: a store that stopped answering
+        time.sleep(0.05)
+"""
+
+
+def test_sigterm_ends_the_process_within_its_grace_whatever_its_ending_waits_on(tmp_path):
+    """The first SIGTERM interrupts the work; a second does not interrupt the ending; an ending
+    still running after the grace ends the process anyway: one line, 143, the stacks in the log."""
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK_ENDING)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline() == "ready\n"
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.stdout.readline() == "ending\n"
+        process.send_signal(signal.SIGTERM)  # ignored: the ending goes on
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 143, stderr
+    assert time.monotonic() - started < 20
+    assert "Traceback" not in stderr
+    assert stderr.startswith("error: the open runs could not be ended within 1 s of SIGTERM"), stderr
+    assert len(stderr.strip().splitlines()) == 1
+    log = (tmp_path / "pipeline.log").read_text()
+    assert "thread MainThread:" in log and 'stuck.py", line 15, in <module>\n    time.sleep(0.05)' in log
