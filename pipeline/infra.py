@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.ports import free_port
+from pipeline.tracking.provenance import process_alive
 
 __all__ = ["PostgresCluster", "TrackingServer", "free_port", "postgres_available", "write_private"]
 
@@ -265,17 +266,26 @@ class TrackingServer:
         except ProcessLookupError:
             pass
         for _ in range(50):
-            try:
-                os.kill(self.pid, 0)
-                time.sleep(0.1)
-            except ProcessLookupError:
+            if _ended(self.pid):
                 break
+            time.sleep(0.1)
         else:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         self.pid = 0
+
+
+def _ended(pid: int) -> bool:
+    """Whether `pid` has exited. A child of this process is reaped here: until then it is a
+    zombie, which still answers `kill(pid, 0)`."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:
+        pass  # not a child of this process (`make server-stop` runs in another one)
+    return not process_alive(pid)
 
 
 def credentials_text(cluster: PostgresCluster, server: TrackingServer) -> str:

@@ -136,3 +136,21 @@ def test_sigterm_ends_the_process_within_its_grace_whatever_its_ending_waits_on(
     assert len(stderr.strip().splitlines()) == 1
     log = (tmp_path / "pipeline.log").read_text()
     assert "thread MainThread:" in log and 'stuck.py", line 15, in <module>\n    time.sleep(0.05)' in log
+
+
+def test_a_server_that_exited_counts_as_ended_before_it_is_reaped():
+    """A stopped server that is this process's child stays a zombie until reaped, and a zombie
+    still answers kill(pid, 0): waiting for that to fail would always wait out the timeout."""
+    from pipeline.infra import _ended
+    from pipeline.tracking.provenance import process_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    status = Path(f"/proc/{child.pid}/stat")
+    deadline = time.monotonic() + 30
+    while status.read_text().split(") ")[1][0] != "Z":
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.05)
+    assert process_alive(child.pid)  # the zombie
+    assert _ended(child.pid)
+    assert not status.exists()  # reaped
+    assert _ended(child.pid)  # and still ended when asked again
