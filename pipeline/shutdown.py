@@ -77,14 +77,15 @@ def end_on_sigterm(grace: float = ENDING_GRACE_SECONDS) -> None:
 
         if ending.is_set():
             return
-        ending.set()
-        threading.Thread(target=_exit_after, args=(grace,), name="sigterm-grace", daemon=True).start()
+        ending.set()  # no thread is started here: the interrupted code may hold threading's locks
         raise Terminated(f"signal {signum}")
 
+    threading.Thread(target=_exit_after, args=(ending, grace), name="sigterm-grace", daemon=True).start()
     signal.signal(signal.SIGTERM, terminate)
 
 
-def _exit_after(grace: float) -> None:
+def _exit_after(ending: threading.Event, grace: float) -> None:
+    ending.wait()
     time.sleep(grace)
     frames = sys._current_frames()  # noqa: SLF001 - where each thread is stuck
     stacks = "\n".join(
