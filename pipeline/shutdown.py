@@ -64,12 +64,10 @@ def run_then_exit(main: Callable[[], object]) -> NoReturn:
     exit_now(0)
 
 
-def end_on_sigterm(grace: float = ENDING_GRACE_SECONDS) -> None:
-    """SIGTERM (`docker stop`, a scheduler's cancel) raises `Terminated` where the program is, so
-    that its runs end KILLED as after Ctrl-C. Only the first one does: a second would cut that
-    ending short. The ending is bounded as a scheduler's grace period is: a process still there
-    `grace` seconds later (a store that stopped answering) writes where each thread waited to
-    the run's log, says so in one line and exits 143; the next run marks its runs KILLED."""
+def raise_on_first_sigterm() -> threading.Event:
+    """SIGTERM raises `Terminated` where the program is, so that its runs and trials end KILLED
+    as after Ctrl-C. Only the first one does: a second would cut that ending short. Returns the
+    event set by that first one."""
     ending = threading.Event()
 
     def terminate(signum: int, frame: object) -> None:
@@ -80,8 +78,17 @@ def end_on_sigterm(grace: float = ENDING_GRACE_SECONDS) -> None:
         ending.set()  # no thread is started here: the interrupted code may hold threading's locks
         raise Terminated(f"signal {signum}")
 
-    threading.Thread(target=_exit_after, args=(ending, grace), name="sigterm-grace", daemon=True).start()
     signal.signal(signal.SIGTERM, terminate)
+    return ending
+
+
+def end_on_sigterm(grace: float = ENDING_GRACE_SECONDS) -> None:
+    """`raise_on_first_sigterm` (`docker stop`, a scheduler's cancel), with the ending bounded as a
+    scheduler's grace period is: a process still there `grace` seconds later (a store that
+    stopped answering) writes where each thread waited to the run's log, says so in one line and
+    exits 143; the next run marks its runs KILLED."""
+    ending = raise_on_first_sigterm()
+    threading.Thread(target=_exit_after, args=(ending, grace), name="sigterm-grace", daemon=True).start()
 
 
 def _exit_after(ending: threading.Event, grace: float) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.shutdown import exit_now
+from pipeline.shutdown import exit_now, raise_on_first_sigterm
 from pipeline.startup import defer_full_collections, resume_full_collections
 from pipeline.tuning import scheduling
 from pipeline.tuning.objective import IDLE_POLL_SECONDS, TrialContext, census, work
@@ -47,17 +47,7 @@ def follow_parent(parent: int) -> None:
     the pipeline's own SIGTERM after a Ctrl-C) would cut short the ending of the trial."""
     import ctypes
 
-    from pipeline.errors import Terminated
-
-    ending = threading.Event()
-
-    def terminate(signum: int, frame: object) -> None:
-        if ending.is_set():
-            return
-        ending.set()
-        raise Terminated(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, terminate)
+    ending = raise_on_first_sigterm()
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
