@@ -16,7 +16,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 ENDING_GRACE_SECONDS = 60.0  # after SIGTERM, to end the open runs before the process exits anyway
@@ -80,6 +81,37 @@ def raise_on_first_sigterm() -> threading.Event:
 
     signal.signal(signal.SIGTERM, terminate)
     return ending
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C or SIGTERM for a short step that must not be cut in two (creating a trial or a
+    run: once it exists, this process must know it has it, to end it). A signal that arrives
+    meanwhile is handled, by the handler it was meant for, as the step ends; a second one is not
+    held (the step may be waiting on a store that stopped answering). Only the main thread
+    handles signals: elsewhere nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    # read before any is replaced: a signal between two replacements must not leave one held
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {signum: handler for signum, handler in handlers.items() if callable(handler)}
+
+    def hold(signum: int, frame: object) -> None:
+        if held:
+            handlers[signum](signum, frame)
+        held.append(signum)
+
+    try:
+        for signum in handlers:
+            signal.signal(signum, hold)
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        if held:
+            handlers[held[0]](held[0], None)
 
 
 def end_on_sigterm(grace: float = ENDING_GRACE_SECONDS) -> None:

@@ -22,6 +22,9 @@ from python_runner import ForkedProcess, start_python
 from test_faults import DECISION, MODEL, QUICK, _cli, _db, _env, _running, _runs
 
 from pipeline.runner import run_pipeline
+from pipeline.tracking.buffer import MetricBuffer
+from pipeline.tracking.trials import TrialRuns
+from pipeline.tuning import scheduling
 from pipeline.tuning.liveness import RUN_ID_ATTR
 
 
@@ -197,6 +200,52 @@ def test_a_worker_outlives_a_sigkilled_pipeline_by_seconds_and_the_next_run_reap
     [tune_run] = [r for r in _runs(store) if r.data.tags.get("stage") == "tune"]
     assert tune_run.info.status == "KILLED"
     assert f"process {process.pid}" in client.get_run(tune_run.info.run_id).data.tags["killed.reason"]
+
+
+# --- interrupted: Ctrl-C at each step of a trial's life --------------------------------------
+
+# (where, what is patched, whether the signal comes before it acts or once it has)
+TRIAL_STEPS = {
+    "asked: the new trial not returned yet": (optuna.Study, "ask", "after"),
+    "checking for surplus": (scheduling, "is_surplus", "before"),
+    "run created: its id not returned yet": (TrialRuns, "start", "after"),
+    "writing the last metrics": (MetricBuffer, "flush", "before"),
+    "telling Optuna the trial completed": (optuna.Study, "tell", "before"),
+    "told: the run not finished yet": (optuna.Study, "tell", "after"),
+}
+
+
+@pytest.mark.parametrize("step", TRIAL_STEPS)
+def test_ctrl_c_at_any_step_of_a_trial_leaves_nothing_running(step, store, make_cfg, monkeypatch):
+    owner, name, when = TRIAL_STEPS[step]
+    real, sent = getattr(owner, name), []
+
+    def with_ctrl_c(*args, **kwargs):  # a real SIGINT to this process, as the terminal sends it
+        if not sent and when == "before":
+            sent.append(name)
+            os.kill(os.getpid(), signal.SIGINT)
+        result = real(*args, **kwargs)
+        if not sent and when == "after":
+            sent.append(name)
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(owner, name, with_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(make_cfg("stages=[prepare,tune]", "tune.n_trials=1", "tune.epochs=2"))
+    assert sent
+    [trial] = _study(_db(store).parent).trials
+    runs = [r for r in _runs(store) if r.data.tags.get("stage") == "tune.trial"]
+    assert _running(store) == []
+    if step == "told: the run not finished yet":
+        [run] = runs
+        assert (trial.state, run.info.status) == (TrialState.COMPLETE, "FINISHED")
+        assert run.data.metrics["value"] == trial.value
+    else:
+        assert trial.state == TrialState.FAIL and trial.user_attrs["interrupted"]
+        assert len(runs) == (0 if name in ("ask", "is_surplus") else 1)
+        assert all(r.info.status == "KILLED" and r.data.tags["trial.state"] == "FAIL" for r in runs)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # --- interrupted: a registration killed halfway -----------------------------------------------

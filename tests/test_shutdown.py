@@ -1,8 +1,10 @@
 """A command ends without the interpreter's teardown of its modules, and loses nothing by it: what
-its threads, atexit hooks, log handlers and buffered streams hold is written before it ends."""
+its threads, atexit hooks, log handlers and buffered streams hold is written before it ends. A
+signal is held for a step that must not be cut in two."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from pipeline.shutdown import interrupts_held
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,3 +158,30 @@ def test_a_server_that_exited_counts_as_ended_before_it_is_reaped():
     assert _ended(child.pid)
     assert not status.exists()  # reaped
     assert _ended(child.pid)  # and still ended when asked again
+
+
+def test_a_signal_during_a_held_step_is_handled_as_the_step_ends_and_a_second_is_not_held():
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("after the first")  # still inside the step
+    assert steps == ["after the first"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # the user insists: the step is cut short
+            steps.append("after the second")
+    assert steps == ["after the first"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # an ignored signal stays ignored
+    try:
+        with interrupts_held():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)

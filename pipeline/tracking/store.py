@@ -16,6 +16,7 @@ from mlflow.entities import Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from pipeline.errors import PipelineError, UpstreamMissing
+from pipeline.shutdown import interrupts_held
 from pipeline.tracking.provenance import mask, process_alive
 
 log = logging.getLogger(__name__)
@@ -174,18 +175,21 @@ def run_scope(
     system_metrics: bool = False,
 ) -> Iterator[Run]:
     """An MLflow run that ends FINISHED, FAILED (an error) or KILLED (Ctrl-C, SIGTERM)."""
-    active = mlflow.start_run(
-        run_id=run_id,
-        experiment_id=experiment_id,
-        run_name=None if run_id else name,
-        nested=nested,
-        tags=tags,
-        log_system_metrics=system_metrics,
-    )
+    active = None
     try:
+        with interrupts_held():  # a run created is a run to end
+            active = mlflow.start_run(
+                run_id=run_id,
+                experiment_id=experiment_id,
+                run_name=None if run_id else name,
+                nested=nested,
+                tags=tags,
+                log_system_metrics=system_metrics,
+            )
         yield active
     except BaseException as exc:
-        _end(active.info.run_id, experiment_id, *_ending(exc))
+        if active is not None:
+            _end(active.info.run_id, experiment_id, *_ending(exc))
         raise
     else:
         mlflow.end_run("FINISHED")
@@ -198,14 +202,16 @@ def detached_run_scope(name: str, experiment_id: str, tags: dict[str, str]) -> I
     `run_scope`'s do, when the scope does (in any thread)."""
     parent = mlflow.active_run()
     assert parent is not None, "a detached run opens under an active run"
-    client = MlflowClient()
-    run = client.create_run(
-        experiment_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent.info.run_id}
-    )
+    client, run = MlflowClient(), None
     try:
+        with interrupts_held():  # a run created is a run to end
+            run = client.create_run(
+                experiment_id, run_name=name, tags={**tags, "mlflow.parentRunId": parent.info.run_id}
+            )
         yield run
     except BaseException as exc:
-        _end_detached(client, run.info.run_id, *_ending(exc))
+        if run is not None:
+            _end_detached(client, run.info.run_id, *_ending(exc))
         raise
     else:
         client.set_terminated(run.info.run_id, "FINISHED")

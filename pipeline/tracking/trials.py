@@ -55,6 +55,23 @@ class TrialRuns:
         log_values(run_id, metrics=metrics)
         end_trial_run(run_id, "FAILED" if state == "FAIL" else "FINISHED", state, error)
 
+    def end_open_runs_of_this_process(self, error: str) -> None:
+        """End KILLED this process's trial runs still open under the tune run (after an interrupt:
+        one whose start was cut short has no id anywhere)."""
+        client = MlflowClient()
+        try:
+            runs = client.search_runs(
+                [self.experiment_id],
+                f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = '{self.tune_run_id}' "
+                f"and tags.pid = '{os.getpid()}' and tags.host = '{socket.gethostname()}'",
+                max_results=100,
+            )
+        except Exception as exc:  # noqa: BLE001 - the next run ends them (their process is gone)
+            log.warning("could not look for open trial runs: %s", exc)
+            return
+        for run in runs:
+            end_trial_run(run.info.run_id, "KILLED", "FAIL", error)
+
 
 def end_trial_run(run_id: str, status: str, state: str, error: str | None = None) -> None:
     """End a trial's run with Optuna's state as a tag; a lost run must not stop the study."""

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from pipeline.metrics import Objective
+from pipeline.shutdown import interrupts_held
 from pipeline.tuning import optuna_compat, scheduling
 from pipeline.tuning.liveness import RUN_ID_ATTR, Heartbeat, reap_stale_trials
 from pipeline.tuning.space import Dimension, apply_values, suggest
@@ -48,16 +49,47 @@ def _train(trial: optuna.Trial, ctx: TrialContext, values: dict[str, Any], on_ep
     return trained.best_score
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> TrialState:
+@dataclass
+class _Reached:
+    """How far a trial got: what an interrupt, wherever it lands, leaves to be ended."""
+
+    trial: optuna.Trial | None = None
+    run_id: str | None = None
+    buffer: Any = None  # the run's MetricBuffer
+    run_ended: bool = False
+
+
+def run_next_trial(study: optuna.Study, ctx: TrialContext, n_trials: int) -> None:
+    """Ask for a trial and run it (one beyond the total is failed at once as surplus). Ctrl-C or
+    SIGTERM, wherever it lands from the ask to the end of the trial's run, ends what the trial
+    reached: FAIL in Optuna unless it was told already, its MLflow run KILLED unless ended."""
+    reached = _Reached()
+    try:
+        with interrupts_held():  # once asked for, the trial is this process's to end
+            reached.trial = study.ask()
+        if scheduling.is_surplus(
+            study.get_trials(deepcopy=False), reached.trial.number, n_trials, time.time()
+        ):
+            reached.trial.set_user_attr("surplus", True)
+            study.tell(reached.trial, state=TrialState.FAIL)
+            return
+        _run_trial(study, ctx, reached)
+    except KeyboardInterrupt:
+        if reached.trial is not None:
+            _end_interrupted(study, ctx, reached)
+        raise
+
+
+def _run_trial(study: optuna.Study, ctx: TrialContext, reached: _Reached) -> None:
     """Train one trial, report every epoch, and record how it ended in Optuna and MLflow."""
+    trial = reached.trial
     for key, value in (("pid", os.getpid()), ("host", socket.gethostname()), ("heartbeat", time.time())):
         trial.set_user_attr(key, value)
-    run_id, buffer = None, None
     metric_key = f"val_{ctx.objective.metric}"
 
     def on_epoch(epoch: int, record: dict[str, float]) -> None:
-        if buffer is not None:
-            buffer.add(epoch, record)
+        if reached.buffer is not None:
+            reached.buffer.add(epoch, record)
         trial.report(record[metric_key], epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
@@ -67,36 +99,46 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, ctx: TrialContext) -> Tr
         # recorded FAIL instead of being left RUNNING
         values = suggest(trial, ctx.dimensions)
         if ctx.trial_runs is not None:
-            run_id = ctx.trial_runs.start(trial.number, values, trial.user_attrs.get("retry_of"))
-            trial.set_user_attr(RUN_ID_ATTR, run_id)
-            buffer = ctx.trial_runs.epochs(run_id)
+            reached.run_id = ctx.trial_runs.start(trial.number, values, trial.user_attrs.get("retry_of"))
+            trial.set_user_attr(RUN_ID_ATTR, reached.run_id)
+            reached.buffer = ctx.trial_runs.epochs(reached.run_id)
         with Heartbeat(study, trial, ctx.heartbeat_seconds):
             state, value, error = TrialState.COMPLETE, _train(trial, ctx, values, on_epoch), None
     except optuna.TrialPruned:
         state, value, error = TrialState.PRUNED, None, None
-    except KeyboardInterrupt:
-        if buffer is not None:
-            buffer.flush()
-        trial.set_user_attr("interrupted", True)
-        study.tell(trial, state=TrialState.FAIL)
-        if run_id:
-            from pipeline.tracking.trials import end_trial_run
-
-            end_trial_run(run_id, "KILLED", "FAIL", "interrupted")
-        raise
     except Exception as exc:  # noqa: BLE001 - a failing trial is recorded and the study goes on
         state, value, error = TrialState.FAIL, None, f"{type(exc).__name__}: {exc}"
         trial.set_user_attr("error", error[:2000])
         log.warning("trial %d failed: %s", trial.number, error)
-    if buffer is not None:
-        buffer.flush()
+    if reached.buffer is not None:
+        reached.buffer.flush()
     if state == TrialState.COMPLETE:
         study.tell(trial, value)
     else:
         study.tell(trial, state=state)
-    if run_id:
-        _finish_run(ctx, run_id, optuna_compat.reread(study, trial), state, error)
-    return state
+    if reached.run_id:
+        _finish_run(ctx, reached.run_id, optuna_compat.reread(study, trial), state, error)
+    reached.run_ended = True
+
+
+def _end_interrupted(study: optuna.Study, ctx: TrialContext, reached: _Reached) -> None:
+    """The ending of an interrupted trial, from wherever it was: Optuna first (the study's
+    record), then its metrics and its run. A trial told already keeps its state and its run is
+    finished with it; a run whose id was not returned yet is found by this process's pid."""
+    frozen = optuna_compat.reread(study, reached.trial)
+    if frozen.state == TrialState.RUNNING:
+        reached.trial.set_user_attr("interrupted", True)
+        optuna_compat.fail(study, frozen)  # False: another worker reaped it first, as good
+    if reached.buffer is not None:
+        try:
+            reached.buffer.flush()
+        except Exception as exc:  # noqa: BLE001 - the metrics are lost, the run still ends
+            log.warning("could not write the last metrics of trial %d: %s", frozen.number, exc)
+    if ctx.trial_runs is None or reached.run_ended:
+        return
+    if reached.run_id and frozen.state != TrialState.RUNNING:
+        _finish_run(ctx, reached.run_id, frozen, frozen.state, frozen.user_attrs.get("error"))
+    ctx.trial_runs.end_open_runs_of_this_process("interrupted")
 
 
 def _finish_run(ctx: TrialContext, run_id: str, frozen: Any, state: TrialState, error: str | None) -> None:
@@ -136,9 +178,4 @@ def work(
             if reap_stale_trials(study, ctx.heartbeat_seconds) == 0:
                 time.sleep(IDLE_POLL_SECONDS)  # others are finishing the last trials
             continue
-        trial = study.ask()
-        if scheduling.is_surplus(study.get_trials(deepcopy=False), trial.number, n_trials, time.time()):
-            trial.set_user_attr("surplus", True)
-            study.tell(trial, state=TrialState.FAIL)
-            continue
-        run_trial(study, trial, ctx)
+        run_next_trial(study, ctx, n_trials)
