@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 from omegaconf import DictConfig
@@ -92,11 +93,20 @@ def preflight(args: list[str]) -> None:
         refuse_passwords(overrides)
         if not multirun and not set(args) & HYDRA_HELP:  # a sweep's values are checked per job
             cfg = compose_checked(overrides)
+            if [a for a in args if a not in overrides] in (["--cfg", "job"], ["-c", "job"]):
+                _print_job_config(cfg)  # what Hydra would print, without composing it a second time
             if not {"--cfg", "-c"} & set(args):  # printing a config is fine; running a bad one is not
                 validate(cfg)  # before Hydra creates the run's folder
         check_writable(Path(out_dir), f"run from a writable folder or set {key}=<a writable folder>")
     except PipelineError as exc:
         _fail(exc)
+
+
+def _print_job_config(cfg: DictConfig) -> NoReturn:
+    from omegaconf import OmegaConf
+
+    sys.stdout.write(OmegaConf.to_yaml(cfg))
+    sys.exit(0)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")

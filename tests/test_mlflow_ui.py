@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import warnings
 from importlib import metadata
@@ -210,10 +209,10 @@ def test_a_serving_image_folder_with_resolvable_requirements(finished, tmp_path)
             "--extra-index-url https://download.pytorch.org/whl/cpu"
             in (model / "requirements.txt").read_text()
         )
-    scored = subprocess.run(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "predict", "-m", str(model),
+    scored = run_python(
+        [sys.executable, "-m", "mlflow", "models", "predict", "-m", str(model),
          "-i", str(model / "serving_input_example.json"), "-t", "json", "--env-manager", "local"],
-        capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert '"prediction"' in scored.stdout

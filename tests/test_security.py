@@ -141,9 +141,9 @@ def test_a_crash_prints_and_logs_no_password(store, tmp_path):
         "cli()\n"
     )
     outputs = tmp_path / "outputs"
-    done = subprocess.run(
+    done = run_python(
         [sys.executable, "-c", crash, *TINY, f"tracking.uri={store}", f"hydra.run.dir={outputs}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, timeout=300,
         env={**os.environ, "OPTUNA_STORAGE": f"postgresql://me:{secret}@127.0.0.1:1/optuna"},
     )  # fmt: skip
     assert done.returncode == 1, done.stderr[-2000:]
