@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,8 +25,8 @@ from test_faults import DECISION, MODEL, QUICK, _cli, _db, _env, _running, _runs
 from pipeline.runner import run_pipeline
 from pipeline.tracking.buffer import MetricBuffer
 from pipeline.tracking.trials import TrialRuns
-from pipeline.tuning import scheduling
-from pipeline.tuning.liveness import RUN_ID_ATTR
+from pipeline.tuning import optuna_compat, scheduling
+from pipeline.tuning.liveness import RUN_ID_ATTR, reap_stale_trials
 
 
 def _study(store_dir: Path) -> optuna.Study | None:
@@ -246,6 +247,31 @@ def test_ctrl_c_at_any_step_of_a_trial_leaves_nothing_running(step, store, make_
         assert len(runs) == (0 if name in ("ask", "is_surplus") else 1)
         assert all(r.info.status == "KILLED" and r.data.tags["trial.state"] == "FAIL" for r in runs)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_while_reaping_a_dead_trial_still_queues_its_retry(tmp_path, monkeypatch):
+    study = optuna.create_study(
+        storage=optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "j")))
+    )
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that no process has now
+    dead.set_user_attr("pid", child.pid)
+    dead.set_user_attr("host", socket.gethostname())
+    real = optuna_compat.fail
+
+    def fail_then_ctrl_c(*args):
+        failed = real(*args)
+        os.kill(os.getpid(), signal.SIGINT)  # the trial is failed, its retry not queued yet
+        return failed
+
+    monkeypatch.setattr(optuna_compat, "fail", fail_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        reap_stale_trials(study, heartbeat_seconds=10)
+    [failed] = study.get_trials(states=(TrialState.FAIL,))
+    [retry] = study.get_trials(states=(TrialState.WAITING,))
+    assert failed.number == dead.number and retry.user_attrs["retry_of"] == dead.number
+    assert retry.system_attrs["fixed_params"] == failed.params
 
 
 # --- interrupted: a registration killed halfway -----------------------------------------------

@@ -12,6 +12,7 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from pipeline.shutdown import interrupts_held
 from pipeline.tracking.provenance import process_alive
 from pipeline.tuning import optuna_compat
 
@@ -57,9 +58,12 @@ def reap_stale_trials(study: optuna.Study, heartbeat_seconds: int) -> int:
     host, now, reaped = socket.gethostname(), time.time(), 0
     grace = max(60.0, 6.0 * heartbeat_seconds)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _is_dead(trial, host, now, grace) and optuna_compat.fail(study, trial):
-            retry_stale_trial(study, optuna_compat.reread(study, trial))
-            reaped += 1
+        if not _is_dead(trial, host, now, grace):
+            continue
+        with interrupts_held():  # a trial failed here is retried here: no other worker will
+            if optuna_compat.fail(study, trial):
+                retry_stale_trial(study, optuna_compat.reread(study, trial))
+                reaped += 1
     return reaped
 
 
