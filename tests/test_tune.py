@@ -217,6 +217,23 @@ def test_a_configured_value_outside_the_space_is_left_to_the_sampler(make_cfg, f
     assert all(16 <= width <= 256 for width in values["model.hidden"])
 
 
+def test_a_study_whose_setting_up_was_interrupted_is_set_up_by_the_next_run(
+    make_cfg, fresh_store, monkeypatch
+):
+    real = optuna.Study.enqueue_trial
+
+    def ctrl_c(*args, **kwargs):  # created, its configured point not queued yet
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        first_point(tune_cfg(make_cfg, *CONFIGURED), fresh_store)
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", real)
+    _, values = first_point(tune_cfg(make_cfg, *CONFIGURED), fresh_store)
+    assert values["train.lr"] == 0.01 and values["model.activation"] == "gelu"
+    assert the_study(fresh_store).user_attrs["fixed"] is not None
+
+
 def test_start_from_config_false_samples_the_first_trial(make_cfg, fresh_store):
     _, values = first_point(tune_cfg(make_cfg, *CONFIGURED, "tune.start_from_config=false"), fresh_store)
     assert values["train.lr"] != 0.01 and values["model.dropout"] != 0.1

@@ -160,7 +160,6 @@ def open_study(
     study = load_study(settings)
     recorded = study.user_attrs.get("search_digest")
     if recorded is None:
-        study.set_user_attr("search_digest", identity.digest)
         study.set_user_attr("objective", identity.objective)
         study.set_user_attr("fixed", identity.fixed)
         point = configured_point(cfg, identity.dimensions)
@@ -168,6 +167,8 @@ def open_study(
             # the defaults are the point a user would try by hand; skip_if_exists keeps two
             # commands that open the new study together from trying it twice
             study.enqueue_trial(point, skip_if_exists=True)
+        # last: a study whose setting-up was interrupted is set up again by the next run
+        study.set_user_attr("search_digest", identity.digest)
     elif recorded != identity.digest:
         fixed = study.user_attrs.get("fixed")
         if fixed is not None and fixed != identity.fixed:
