@@ -168,7 +168,8 @@ def test_interrupting_parallel_tuning_ends_every_trial_and_run(how, store, tmp_p
     assert "Traceback" not in stderr, stderr[-3000:]
     assert _gone(worker)
     study = _study(_db(store).parent)
-    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    left = [(t.number, t.user_attrs) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    assert not left, f"trials left running: {left}; stderr: {stderr[-3000:]}"
     trial_runs = [r for r in _runs(store) if r.data.tags.get("stage") == "tune.trial"]
     assert {r.data.tags["pid"] for r in trial_runs} == {str(process.pid), str(worker)}
     assert _running(store) == []
