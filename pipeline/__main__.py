@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import hydra
 from omegaconf import DictConfig
 
 from pipeline.config import register_schemas
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.config.hydra_job import ComposedJob
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_schemas()
@@ -72,12 +75,14 @@ def _overrides(args: list[str]) -> list[str]:
     return overrides
 
 
-def preflight(args: list[str]) -> None:
+def preflight(args: list[str]) -> ComposedJob | None:
     """Check the overrides, and that Hydra's output folder can be written, before Hydra writes
-    it (Hydra reports its own failure to write with a traceback): one line and exit 2 when wrong."""
+    it (Hydra reports its own failure to write with a traceback): one line and exit 2 when wrong.
+    A plain run (overrides only) gets the config it checked, to run with; Hydra's modes get None."""
     import logging
 
     from pipeline.config import validate
+    from pipeline.config.hydra_job import compose_job
     from pipeline.config.overrides import compose_checked, refuse_passwords
     from pipeline.faults import check_writable
 
@@ -87,11 +92,15 @@ def preflight(args: list[str]) -> None:
     key, default = ("hydra.sweep.dir", "multirun") if multirun else ("hydra.run.dir", "outputs")
     out_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")), default)
     modes = [a for a in args if a in HYDRA_MODES]
+    composed = None
     try:
         if len(modes) > 1:
             raise PipelineError(f"{' and '.join(modes)} cannot be given together; give one of them")
         refuse_passwords(overrides)
-        if not multirun and not set(args) & HYDRA_HELP:  # a sweep's values are checked per job
+        if overrides == args:  # a plain run: what is checked is what runs
+            composed = compose_job(overrides, job)
+            validate(composed.task)  # before the run's folder is created
+        elif not multirun and not set(args) & HYDRA_HELP:  # a sweep's values are checked per job
             cfg = compose_checked(overrides)
             if [a for a in args if a not in overrides] in (["--cfg", "job"], ["-c", "job"]):
                 _print_job_config(cfg)  # what Hydra would print, without composing it a second time
@@ -100,6 +109,7 @@ def preflight(args: list[str]) -> None:
         check_writable(Path(out_dir), f"run from a writable folder or set {key}=<a writable folder>")
     except PipelineError as exc:
         _fail(exc)
+    return composed
 
 
 def _print_job_config(cfg: DictConfig) -> NoReturn:
@@ -109,8 +119,8 @@ def _print_job_config(cfg: DictConfig) -> NoReturn:
     sys.exit(0)
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def job(cfg: DictConfig) -> float | None:
+    """The Hydra job: the configured stages on one composed config."""
     from hydra.core.hydra_config import HydraConfig
 
     from pipeline.config import validate
@@ -163,17 +173,24 @@ def main(cfg: DictConfig) -> float | None:
     return evaluation.metrics.get(result.objective.metric) if evaluation else None
 
 
+main = hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")(job)
+
+
 def cli() -> None:
     """The `pipeline` console script and `python -m pipeline`. The process ends without the
     interpreter's teardown (seconds with torch and MLflow loaded; see `pipeline.shutdown`)."""
+    from pipeline.config.hydra_job import run
     from pipeline.shutdown import run_then_exit
     from pipeline.startup import defer_full_collections
 
     defer_full_collections()  # until the work begins (see pipeline.startup)
 
     def command() -> None:
-        preflight(sys.argv[1:])
-        main()
+        composed = preflight(sys.argv[1:])
+        if composed is None:
+            main()
+        else:
+            run(composed, job)
 
     run_then_exit(command)
 

@@ -10,15 +10,13 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import mlflow
 import pytest
-from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
-from python_runner import run_python
+from python_runner import run_python, share_server
 
-from pipeline.config import register_schemas
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -35,8 +33,19 @@ TINY = [
     "tracking.plots=false",
 ]
 
-register_schemas()
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in test logs
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`pytest -n N` runs the tests in N processes started by this one, which only hands out the
+    tests: it starts the shared python server for them (`python_runner.share_server`) and imports
+    none of the libraries they import, so they start sooner."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        share_server()
+        return
+    from pipeline.config import register_schemas
+
+    register_schemas()
 
 
 def prepare_config(cfg: DictConfig):
@@ -50,6 +59,8 @@ def prepare_config(cfg: DictConfig):
 def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty MLflow SQLite store whose schema is created once per session: creating it takes
     seconds, and most tests start from a fresh store."""
+    from mlflow.tracking import MlflowClient
+
     path = tmp_path_factory.mktemp("template") / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
     return path
@@ -63,6 +74,8 @@ def store(tmp_path: Path, migrated_db: Path) -> str:
     shutil.copy(migrated_db, path)
     uri = f"sqlite:///{path}"
     yield uri
+    import mlflow
+
     while mlflow.active_run() is not None:
         mlflow.end_run()
 
@@ -70,6 +83,8 @@ def store(tmp_path: Path, migrated_db: Path) -> str:
 @pytest.fixture
 def make_cfg(store: str) -> Callable[..., DictConfig]:
     """Compose the real config with overrides, tiny budgets and the temp store."""
+
+    from hydra import compose, initialize_config_dir
 
     def build(*overrides: str, tiny: bool = True) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -23,23 +23,44 @@ SERVER_SCRIPT = Path(__file__).with_name("python_server.py")
 START_TIMEOUT = 120.0
 
 
+# set by `share_server` for the test processes that run beside the one that started it
+SHARED_ADDRESS = "PIPELINE_TEST_PYTHON_SERVER"
+
+
 class PythonServer:
-    def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="python-server-"))
-        self.address = str(self.folder / "socket")
-        self.log = open(self.folder / "server.log", "wb")  # noqa: SIM115 - open while the server lives
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, str(SERVER_SCRIPT), self.address],
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=self.log,
-            env=env,
-        )
+    """The server's process (`launch`), or one that another process launched (`reach`)."""
+
+    def __init__(self, folder: Path, process: subprocess.Popen | None) -> None:
+        self.folder, self.process = folder, process
+        self.address = str(folder / "socket")
+
+    @classmethod
+    def launch(cls) -> PythonServer:
+        """Start a server; it is ready once `wait_ready` returns (its imports take seconds)."""
+        folder = Path(tempfile.mkdtemp(prefix="python-server-"))
+        with open(folder / "server.log", "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, str(SERVER_SCRIPT), str(folder / "socket")],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        return cls(folder, process)
+
+    @classmethod
+    def reach(cls, address: str) -> PythonServer:
+        return cls(Path(address).parent, None)
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while not os.path.exists(self.address):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the test python server did not start: {Path(self.log.name).read_text()}")
+            gone = self.process.poll() is not None if self.process else not self.folder.exists()
+            if gone or time.monotonic() > deadline:
+                log = self.folder / "server.log"
+                raise RuntimeError(
+                    f"the test python server did not start: {_read(log) if log.exists() else ''}"
+                )
             time.sleep(0.05)
 
     def start(
@@ -52,7 +73,8 @@ class PythonServer:
         new_session: bool,
         namespaces: list[str],
     ) -> ForkedProcess:
-        stamp = time.monotonic_ns()
+        self.wait_ready()
+        stamp = f"{os.getpid()}-{time.monotonic_ns()}"  # the folder may be shared by several test processes
         out = output or self.folder / f"{stamp}.out"
         err = out if merge else self.folder / f"{stamp}.err"
         for path in {out, err}:
@@ -68,10 +90,10 @@ class PythonServer:
         )
 
     def close(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        self.log.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class ForkedProcess:
@@ -169,12 +191,24 @@ def start_python(
             f"the test python server runs `python -m <module>` or `python -c <code>`, not {command[:2]}"
         )
     if _server is None:
-        _server = PythonServer()
+        shared = os.environ.get(SHARED_ADDRESS)
+        _server = PythonServer.reach(shared) if shared else PythonServer.launch()
         atexit.register(_server.close)
     environment = dict(os.environ if env is None else env)
     return _server.start(
         command, Path(cwd or os.getcwd()), environment, output, merge, new_session, list(namespaces)
     )
+
+
+def share_server() -> None:
+    """Start the server now, without waiting for its imports, for this process and every process
+    it starts from here on (the test processes of `pytest -n`): one server's imports instead of one
+    per test process, made while those processes collect the tests."""
+    global _server
+    if _server is None:
+        _server = PythonServer.launch()
+        atexit.register(_server.close)
+        os.environ[SHARED_ADDRESS] = _server.address
 
 
 def run_python(

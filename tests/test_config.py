@@ -2,17 +2,55 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import optuna
 import pytest
 from omegaconf import OmegaConf
+from python_runner import run_python
 
 from pipeline.config import validate
+from pipeline.config.overrides import compose_checked
 from pipeline.errors import ConfigError
 from pipeline.tuning.space import apply_values, parse_space, suggest, values_from_params
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+# the command line, with each composition of the config said on stderr
+COUNTING_COMPOSITIONS = """
+import sys
+from hydra._internal.hydra import Hydra
+compose_config = Hydra.compose_config
+def said(self, *args, **kwargs):
+    print("composing", file=sys.stderr, flush=True)
+    return compose_config(self, *args, **kwargs)
+Hydra.compose_config = said
+sys.argv = ["pipeline", *sys.argv[1:]]
+from pipeline.__main__ import cli
+cli()
+"""
+
+
+def test_a_plain_run_composes_its_config_once_and_writes_what_hydra_writes(store, tmp_path):
+    out = tmp_path / "out"
+    task = ["stages=[prepare]", f"tracking.uri={store}"]
+    done = run_python(
+        [sys.executable, "-c", COUNTING_COMPOSITIONS, *task, f"hydra.run.dir={out}"], cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("composing") == 1  # checked and run with one composition
+    assert OmegaConf.load(out / ".hydra" / "config.yaml") == compose_checked(task)
+    assert list(OmegaConf.load(out / ".hydra" / "overrides.yaml")) == task
+    hydra = OmegaConf.load(out / ".hydra" / "hydra.yaml").hydra
+    assert (hydra.mode, hydra.runtime.output_dir) == ("RUN", str(out))
+    assert list(hydra.overrides.hydra) == [f"hydra.run.dir={out}", "hydra.mode=RUN"]
+    assert "running prepare on breast_cancer" in (out / "pipeline.log").read_text()  # the job's logging
 
 
 @pytest.mark.parametrize(

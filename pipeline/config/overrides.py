@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +58,28 @@ def compose_checked(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
-    except Exception as exc:  # noqa: BLE001 - Hydra's and OmegaConf's errors, each made one line
-        raise ConfigError(_explain(exc, overrides)) from None
+            cfg = composed_or_explained(
+                lambda: compose(config_name="config", overrides=list(overrides)), overrides
+            )
     finally:
         GlobalHydra.instance().clear()
+    check_keys(cfg)
+    return cfg
+
+
+def composed_or_explained(compose: Callable[[], DictConfig], overrides: list[str]) -> DictConfig:
+    """What `compose` returns; Hydra's and OmegaConf's errors made one line naming the override."""
+    try:
+        return compose()
+    except Exception as exc:  # noqa: BLE001 - Hydra's and OmegaConf's errors, each made one line
+        raise ConfigError(_explain(exc, overrides)) from None
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """A ConfigError for a key added with `+key=value` that no part of the program reads."""
     unknown = _added_keys(cfg)
     if unknown:
         raise ConfigError(_unknown_key(unknown[0]))
-    return cfg
 
 
 def _explain(exc: Exception, overrides: list[str]) -> str:
