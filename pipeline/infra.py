@@ -106,8 +106,13 @@ class PostgresCluster:
         log = str(Path(self.directory) / "postgres.log")
         self._run([_pg_tool("pg_ctl"), "-D", str(data), "-o", options, "-l", log, "-w", "-t", "60", "start"])
         for name in databases:
-            self._run([_pg_tool("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name])
+            self.create_database(name)
         return self
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database in the running cluster; its URL."""
+        self._run([_pg_tool("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name])
+        return self.database_url(name)
 
     def _passfile(self, password: str) -> Path:
         """libpq's password file for clients of this cluster, owned by whoever started it."""

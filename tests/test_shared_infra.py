@@ -189,6 +189,26 @@ def _request(url: str, body: bytes, auth: tuple[str, str] | None) -> int:
         return error.code
 
 
+OPEN_STORAGE = """
+import sys, time
+from pipeline.tuning.study import make_storage
+while time.time() < float(sys.argv[2]):  # the same moment in every process
+    pass
+make_storage(sys.argv[1], 1)
+"""
+
+
+def test_workers_that_open_a_new_study_database_at_once_all_succeed(infra):
+    cluster, _ = infra
+    url = cluster.create_database("new_studies")
+    at = str(time.time() + 2)
+    openers = [start_python([sys.executable, "-c", OPEN_STORAGE, url, at], cwd=ROOT) for _ in range(4)]
+    for opener in openers:
+        _, err = opener.communicate(timeout=120)
+        assert opener.returncode == 0, err[-2000:]
+    assert optuna.get_all_study_summaries(url) == []  # one schema, usable
+
+
 def test_only_the_owner_gets_into_the_tracking_server(infra):
     _, server = infra
     create = f"{server.url}/api/2.0/mlflow/experiments/create"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,16 +55,12 @@ def storage_location(tune_cfg: DictConfig, store_dir: Path | None) -> str:
     return str((store_dir or Path.cwd()) / "optuna.journal")
 
 
+SCHEMA_ATTEMPTS = 5  # processes that open a new database at once: each try lets one more finish
+
+
 def make_storage(location: str, heartbeat_seconds: int) -> optuna.storages.BaseStorage:
     if "://" in location:
-        from pipeline.tuning.liveness import retry_stale_trial
-
-        return optuna.storages.RDBStorage(
-            location,
-            heartbeat_interval=heartbeat_seconds,
-            grace_period=heartbeat_seconds * 3,
-            heartbeat_stale_trial_callback=retry_stale_trial,
-        )
+        return _database_storage(location, heartbeat_seconds)
     from optuna.storages.journal import JournalFileBackend
 
     from pipeline.tuning.journal_lock import JournalFlock
@@ -71,6 +68,32 @@ def make_storage(location: str, heartbeat_seconds: int) -> optuna.storages.BaseS
     Path(location).parent.mkdir(parents=True, exist_ok=True)
     backend = JournalFileBackend(location, lock_obj=JournalFlock(location))
     return optuna.storages.JournalStorage(backend)
+
+
+def _database_storage(location: str, heartbeat_seconds: int) -> optuna.storages.RDBStorage:
+    """Optuna's storage in a database. Opening creates the tables of a new database; workers that
+    open it at the same moment race to create them (PostgreSQL refuses the losers: "already
+    exists"), and a loser opens it again once the tables are there."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    from pipeline.tuning.liveness import retry_stale_trial
+
+    def opened() -> optuna.storages.RDBStorage:
+        return optuna.storages.RDBStorage(
+            location,
+            heartbeat_interval=heartbeat_seconds,
+            grace_period=heartbeat_seconds * 3,
+            heartbeat_stale_trial_callback=retry_stale_trial,
+        )
+
+    for attempt in range(1, SCHEMA_ATTEMPTS):
+        try:
+            return opened()
+        except (IntegrityError, ProgrammingError) as exc:
+            if "already exists" not in str(exc):
+                raise
+        time.sleep(0.1 * attempt)
+    return opened()
 
 
 def default_study_name(experiment: str, data_name: str, data_digest: str, label: str, digest: str) -> str:
