@@ -3,6 +3,7 @@ line does but shrunk to tiny budgets, and a helper that runs `python -m pipeline
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -80,18 +81,37 @@ def store(tmp_path: Path, migrated_db: Path) -> str:
         mlflow.end_run()
 
 
+# Hydra composes in two steps: the defaults list that the config group overrides (`data=table`)
+# select, then the value overrides (`train.epochs=4`) applied to it. The first takes a third of a
+# second and most tests select the same groups: each test process makes it once per selection
+_COMPOSED: dict[tuple[str, ...], DictConfig] = {}
+
+
+def _is_group(key: str) -> bool:
+    return key.startswith("hydra") or (CONF / key).is_dir()
+
+
+def _composed(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    groups = tuple(o.input_line for o in parsed if _is_group(o.key_or_group))
+    if groups not in _COMPOSED:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            _COMPOSED[groups] = compose(config_name="config", overrides=list(groups))
+    cfg = copy.deepcopy(_COMPOSED[groups])
+    ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if not _is_group(o.key_or_group)], cfg)
+    return cfg
+
+
 @pytest.fixture
 def make_cfg(store: str) -> Callable[..., DictConfig]:
     """Compose the real config with overrides, tiny budgets and the temp store."""
 
-    from hydra import compose, initialize_config_dir
-
     def build(*overrides: str, tiny: bool = True) -> DictConfig:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(
-                config_name="config",
-                overrides=[*(TINY if tiny else []), f"tracking.uri={store}", *overrides],
-            )
+        return _composed([*(TINY if tiny else []), f"tracking.uri={store}", *overrides])
 
     return build
 
