@@ -58,12 +58,21 @@ def prepare_config(cfg: DictConfig):
 
 @pytest.fixture(scope="session")
 def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow SQLite store whose schema is created once per session: creating it takes
-    seconds, and most tests start from a fresh store."""
+    """An empty MLflow SQLite store whose schema is created once per session (by the first test
+    process of `pytest -n` that needs it): creating it takes seconds, and most tests start from a
+    fresh store."""
+    from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = shared / "template" / "mlflow.db"
+    with FileLock(shared / "template.lock"):
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            made = path.with_name("making.db")
+            MlflowClient(tracking_uri=f"sqlite:///{made}").search_experiments()
+            made.rename(path)
     return path
 
 
