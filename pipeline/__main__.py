@@ -97,7 +97,8 @@ def preflight(args: list[str]) -> ComposedJob | None:
         if len(modes) > 1:
             raise PipelineError(f"{' and '.join(modes)} cannot be given together; give one of them")
         refuse_passwords(overrides)
-        if overrides == args:  # a plain run: what is checked is what runs
+        # a plain run: what is checked is what runs (Hydra's debug output is Hydra's own)
+        if overrides == args and not any(o.lstrip("+").startswith("hydra.verbose=") for o in overrides):
             composed = compose_job(overrides, job)
             validate(composed.task)  # before the run's folder is created
         elif not multirun and not set(args) & HYDRA_HELP:  # a sweep's values are checked per job

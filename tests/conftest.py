@@ -100,7 +100,8 @@ def _is_group(key: str) -> bool:
     return key.startswith("hydra") or (CONF / key).is_dir()
 
 
-def _composed(overrides: list[str]) -> DictConfig:
+def composed(overrides: list[str]) -> DictConfig:
+    """The config Hydra composes from these overrides, as `compose` makes it."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -120,7 +121,7 @@ def make_cfg(store: str) -> Callable[..., DictConfig]:
     """Compose the real config with overrides, tiny budgets and the temp store."""
 
     def build(*overrides: str, tiny: bool = True) -> DictConfig:
-        return _composed([*(TINY if tiny else []), f"tracking.uri={store}", *overrides])
+        return composed([*(TINY if tiny else []), f"tracking.uri={store}", *overrides])
 
     return build
 

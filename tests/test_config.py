@@ -273,3 +273,21 @@ def test_layers_entry_samples_a_list_of_widths(make_cfg):
         study.tell(trial, 0.0)
         seen_lengths.add(len(hidden))
     assert len(seen_lengths) > 1
+
+
+def test_the_tests_composed_configs_are_the_ones_hydra_composes():
+    """`conftest.composed` reuses the defaults list of a choice of config groups and applies the
+    value overrides to it: the same config, flags included, as composing it whole."""
+    from conftest import CONF, composed
+    from hydra import compose, initialize_config_dir
+
+    for overrides in (
+        ["data=table", "data.path=x.csv", "data.target=y", "candidates=[network]"],
+        ["experiment=quick", "tune.n_trials=3", "model=cnn", "data=digits"],
+        ["+train.extra=1", "tracking=server", "tracking.uri=http://127.0.0.1:1"],
+    ):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            whole = compose(config_name="config", overrides=overrides)
+        ours = composed(overrides)
+        assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(whole), overrides
+        assert OmegaConf.is_struct(ours) and OmegaConf.is_struct(whole)
