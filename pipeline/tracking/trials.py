@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -16,6 +16,9 @@ from mlflow.tracking import MlflowClient
 from pipeline.tracking.buffer import MetricBuffer
 from pipeline.tracking.recorder import log_values
 from pipeline.tracking.store import end_killed
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +61,9 @@ class TrialRuns:
     def end_open_runs_of_this_process(self, error: str) -> None:
         """End KILLED this process's trial runs still open under the tune run (after an interrupt:
         one whose start was cut short has no id anywhere)."""
-        client = MlflowClient()
         try:
-            runs = client.search_runs(
-                [self.experiment_id],
-                f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = '{self.tune_run_id}' "
-                f"and tags.pid = '{os.getpid()}' and tags.host = '{socket.gethostname()}'",
-                max_results=100,
+            runs = open_runs_of(
+                MlflowClient(), [self.experiment_id], os.getpid(), socket.gethostname(), self.tune_run_id
             )
         except Exception as exc:  # noqa: BLE001 - the next run ends them (their process is gone)
             log.warning("could not look for open trial runs: %s", exc)
@@ -85,16 +84,23 @@ def end_trial_run(run_id: str, status: str, state: str, error: str | None = None
         log.warning("could not end MLflow run %s: %s", run_id, exc)
 
 
+def open_runs_of(
+    client: MlflowClient, experiment_ids: list[str], pid: int, host: str, parent_run_id: str | None = None
+) -> list[Run]:
+    """The RUNNING runs of the process `pid` on `host` (the children of one run, if given)."""
+    under = f" and tags.mlflow.parentRunId = '{parent_run_id}'" if parent_run_id else ""
+    return client.search_runs(
+        experiment_ids,
+        f"attributes.status = 'RUNNING' and tags.pid = '{pid}' and tags.host = '{host}'{under}",
+        max_results=100,
+    )
+
+
 def end_runs_of_dead_process(pid: int, host: str) -> list[str]:
     """End KILLED the RUNNING runs a dead process (pid on host) owned, found from another process
     (a worker that reaped one of its trials); returns their ids."""
     client = MlflowClient()
-    experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(
-        experiment_ids,
-        f"attributes.status = 'RUNNING' and tags.pid = '{pid}' and tags.host = '{host}'",
-        max_results=100,
-    )
+    runs = open_runs_of(client, [e.experiment_id for e in client.search_experiments()], pid, host)
     for run in runs:
         end_killed(client, run.info.run_id, f"process {pid} on {host} died while it ran")
     return [r.info.run_id for r in runs]
