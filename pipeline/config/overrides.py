@@ -6,6 +6,7 @@ over tuned values."""
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -112,11 +113,12 @@ def _keys(node: Any, prefix: str = "") -> list[str]:
     return found
 
 
-def _schema_keys() -> set[str]:
+@functools.cache
+def _schema_keys() -> frozenset[str]:
     from pipeline.config.schema import PipelineConfig
 
     schema = OmegaConf.to_container(OmegaConf.structured(PipelineConfig), resolve=False)
-    return set(_keys(schema))
+    return frozenset(_keys(schema))
 
 
 def _added_keys(cfg: DictConfig) -> list[str]:

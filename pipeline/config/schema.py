@@ -4,6 +4,7 @@ the config is composed. The checks types cannot express live in `validate.py`.""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,6 +221,7 @@ class PipelineConfig:
     progress: bool | None = None  # None: progress bars when stderr is a terminal
 
 
+@functools.cache  # once a process: storing converts the dataclasses again (30 ms a call)
 def register_schemas() -> None:
     """Make the schema the base of `conf/config.yaml` (its defaults list names `pipeline_schema`)."""
     ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)
