@@ -123,16 +123,18 @@ def _print_job_config(cfg: DictConfig) -> NoReturn:
 def job(cfg: DictConfig) -> float | None:
     """The Hydra job: the configured stages on one composed config."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from pipeline.config import validate
     from pipeline.config.overrides import explicit_keys
     from pipeline.shutdown import end_on_sigterm
 
     end_on_sigterm()
-    try:
-        validate(cfg)  # before the heavy imports: a bad value is reported in a second
-    except PipelineError as exc:
-        _fail(exc)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # preflight checked a single run's config already
+        try:
+            validate(cfg)  # before the heavy imports: a bad value is reported in a second
+        except PipelineError as exc:
+            _fail(exc)
     from pipeline.console import say
     from pipeline.data.inspection import read_and_inspect
     from pipeline.tracking.provenance import apply_credentials
