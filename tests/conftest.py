@@ -8,10 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from python_runner import run_python, share_server
@@ -145,6 +146,52 @@ def run_cli(store: str, tmp_path: Path) -> Callable[..., subprocess.CompletedPro
         return run_python(args, cwd=ROOT, timeout=timeout, env=env)
 
     return run
+
+
+# loads a model where the project's own `pipeline` cannot be imported (not from the working folder,
+# nor through the editable install), so that only the code the model carries can serve it
+LOAD_ALONE = """
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+for name in [m for m in sys.modules if m == "pipeline" or m.startswith("pipeline.")]:
+    del sys.modules[name]
+import mlflow, pandas as pd
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+model.predict(pd.read_pickle(sys.argv[3])).to_pickle(sys.argv[4])
+used = [m.__file__ for n, m in sys.modules.items() if n == "pipeline" or n.startswith("pipeline.")]
+print("outside the model's code:", [f for f in used if "/code/pipeline/" not in f])
+"""
+
+
+@pytest.fixture
+def load_alone(store: str, tmp_path: Path) -> Callable[..., Any]:
+    """`load_alone(model_uri, rows)`: the model's predictions for the rows, in a process that has
+    only the model's bundled code to import `pipeline` from."""
+    import pandas as pd
+
+    def load(model_uri: str, rows: pd.DataFrame) -> pd.DataFrame:
+        folder = Path(tempfile.mkdtemp(dir=tmp_path))
+        rows.to_pickle(folder / "rows.pkl")
+        done = run_python(
+            [
+                sys.executable,
+                "-c",
+                LOAD_ALONE,
+                store,
+                model_uri,
+                str(folder / "rows.pkl"),
+                str(folder / "out.pkl"),
+            ],
+            cwd=folder,
+            env={**os.environ, "PYTHONPATH": ""},
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "outside the model's code: []" in done.stdout, done.stdout
+        return pd.read_pickle(folder / "out.pkl")
+
+    return load
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -72,6 +72,13 @@ LATER_IMPORTS = (
 )
 for name in LATER_IMPORTS:
     importlib.import_module(name)
+# what a run works out once a process from the code and the installed packages (the config
+# schema it stores and lists, the versions it records and pins): 30-100 ms each
+importlib.import_module("pipeline.config.schema").register_schemas()
+importlib.import_module("pipeline.config.overrides")._schema_keys()
+importlib.import_module("pipeline.tracking.provenance").package_versions()
+importlib.import_module("pipeline.serving.packaging").pip_requirements({"network"})
+importlib.import_module("pipeline.serving.bundle").bundled_modules()
 # MLflow's map of installed packages to their modules, which logging a model builds once (a scan
 # of every installed package's files, about a second); nothing installs packages during the tests
 importlib.import_module("mlflow.utils.requirements_utils")._init_modules_to_packages_map()

@@ -92,11 +92,14 @@ def _noisy_table(n: int, seed: int) -> pd.DataFrame:
     return frame
 
 
-def test_an_ensemble_that_wins_on_validation_is_registered_and_serves_raw_rows(make_cfg, store, tmp_path):
+def test_an_ensemble_that_wins_on_validation_is_registered_and_serves_raw_rows(
+    make_cfg, store, tmp_path, load_alone
+):
     """Families with different encodings (the tabular network's codes, the linear model's one-hot
     columns) blended: the version says it is an ensemble and of what, the pyfunc scores raw rows
-    (an unseen level, a missing number) as the evaluation did, and evaluate run alone on the
-    stored train runs finds the same ensemble."""
+    (an unseen level, a missing number) as the evaluation did, with nothing but the code it
+    carries (each kind of fitted model: the ensemble, a network, an estimator), and evaluate run
+    alone on the stored train runs finds the same ensemble."""
     csv = tmp_path / "noisy.csv"
     _noisy_table(900, 0).to_csv(csv, index=False)
     table = ("data=table", f"data.path={csv}", "data.target=label")
@@ -132,7 +135,7 @@ def test_an_ensemble_that_wins_on_validation_is_registered_and_serves_raw_rows(m
     rows = test.head(4).copy()
     rows.loc[rows.index[0], "city"], rows.loc[rows.index[1], "a"] = "unseen", np.nan
     expected = ensemble_predictor(prepared, result.outputs["train"], evaluation.ensemble).predict_frame(rows)
-    got = mlflow.pyfunc.load_model(f"models:/{decision.model_name}@champion").predict(rows)
+    got = load_alone(f"models:/{decision.model_name}@champion", rows)
     np.testing.assert_allclose(got["proba_y"].to_numpy(float), expected["proba_y"].to_numpy(float), rtol=1e-5)
 
     alone = run_pipeline(

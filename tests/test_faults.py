@@ -530,7 +530,7 @@ def test_a_disk_that_fills_during_the_run_stops_it_in_one_line_and_the_next_run_
         mounts,
         small_disk(folder, "8m"),
         f"cp {kept} {db} && mkdir {folder / 'mlruns'}",
-        fill(folder, 1100 << 10),
+        fill(folder, 640 << 10),
         _cli(store, folder / "out", *QUICK),
         f"rm {folder / 'filler'}",  # space freed
         _cli(store, folder / "out2", "stages=[prepare]", "candidates=[linear]"),

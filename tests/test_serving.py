@@ -112,16 +112,50 @@ def _assert_same(got: pd.DataFrame, expected: pd.DataFrame) -> None:
         )
 
 
+def test_a_model_carries_the_modules_that_load_and_score_it_and_no_others(tmp_path):
+    """The bundle follows imports from the model's code and each kind of fitted model, adds the
+    modules of the types a saved file may hold and the architectures chosen by name, and leaves
+    out the stages, the search and the tracking (models of every kind load from it alone in this
+    file's round trip and in tests/test_ensemble.py)."""
+    from pipeline.persistence import TRUSTED
+    from pipeline.serving.bundle import ROOTS, bundled_modules, copy_bundle
+
+    modules = set(bundled_modules())
+    assert set(ROOTS) <= modules
+    assert {t.rsplit(".", 1)[0] for t in TRUSTED if t.startswith("pipeline.")} <= modules
+    assert {"pipeline.models", "pipeline.tabular", "pipeline.serving", "pipeline"} <= modules
+    left_out = (
+        "pipeline.stages",
+        "pipeline.tuning",
+        "pipeline.tracking",
+        "pipeline.training.loop",
+        "pipeline.runner",
+    )
+    assert not [m for m in modules if m.startswith(left_out)]
+    copied = copy_bundle(tmp_path)
+    assert copied == tmp_path / "pipeline"
+    files = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.py")}
+    assert len(files) == len(modules) and "pipeline/serving/model_code.py" in files
+    assert (copied / "families" / "network.py").read_bytes() == (
+        ROOT / "pipeline/families/network.py"
+    ).read_bytes()
+
+
 def test_pyfunc_round_trip_in_a_fresh_process(served, tmp_path):
     rows_file, out_file = tmp_path / "rows.pkl", tmp_path / "out.pkl"
     served["rows"].to_pickle(rows_file)
     code = (
-        "import sys, mlflow, pandas as pd\n"
+        "import sys\n"
+        # only the model's own code can be imported: not the project's (editable install)
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]\n"
+        "import mlflow, pandas as pd\n"
         f"mlflow.set_tracking_uri({served['store']!r})\n"
         f"model = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
         f"rows = pd.read_pickle({str(rows_file)!r})\n"
         f"model.predict(rows).to_pickle({str(out_file)!r})\n"
         "print('loaded', 'pipeline' in sys.modules)\n"
+        "print('outside', [m.__file__ for n, m in sys.modules.items() if n.split('.')[0] == 'pipeline'"
+        " and '/code/pipeline/' not in m.__file__])\n"
         # the model itself refuses what the server and make predict refuse before calling it
         "rows.loc[rows.index[1], 'x2'] = float('inf')\n"
         "try:\n    model.predict(rows)\nexcept Exception as refused:\n    print('refused:', refused)\n"
@@ -137,6 +171,7 @@ def test_pyfunc_round_trip_in_a_fresh_process(served, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "loaded True" in done.stdout
+    assert "outside []" in done.stdout, done.stdout
     assert "refused: column 'x2' holds infinite or out-of-range values in rows 2" in done.stdout, done.stdout
     _assert_same(pd.read_pickle(out_file), served["expected"])
 

@@ -2,11 +2,12 @@
 family: raw feature rows in (numbers of any dtype, dates, text as nullable strings, missing values
 in all), `prediction` and `proba_<class>` out. The model checks its input itself, so every way of
 calling it (REST, `make predict`, `pyfunc.load_model`) refuses the same bad rows with the same
-message. The package travels with the model (code_paths), so loading does not depend on where it
-runs."""
+message. The modules it needs travel with the model (code_paths: `bundle.py`), so loading does not
+depend on where it runs."""
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -21,9 +22,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from pipeline.data.inspection import DATE, NUMERIC
+from pipeline.serving.bundle import PACKAGE_DIR, copy_bundle
 from pipeline.serving.predictor import MODEL_DIR, PREPROCESSING_FILE, Predictor
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the whole `pipeline` package
 REQUIREMENTS = ("mlflow", "scikit-learn", "pandas", "numpy", "scipy", "joblib", "skops")
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
@@ -165,14 +166,15 @@ def pip_requirements(kinds: set[str]) -> list[str]:
     """The packages a model of these kinds (its own, or its members') needs where it is served,
     pinned to the versions it was made with; a network also needs torch, whose CPU build comes
     from PyTorch's index."""
-    pinned = [f"{name}=={_public(metadata.version(name))}" for name in REQUIREMENTS]
+    pinned = [f"{name}=={_installed(name)}" for name in REQUIREMENTS]
     if "network" in kinds:
-        pinned = [
-            f"--extra-index-url {TORCH_CPU_INDEX}",
-            f"torch=={_public(metadata.version('torch'))}",
-            *pinned,
-        ]
+        pinned = [f"--extra-index-url {TORCH_CPU_INDEX}", f"torch=={_installed('torch')}", *pinned]
     return pinned
+
+
+@functools.cache  # what is installed does not change while a process runs (each look-up scans it)
+def _installed(name: str) -> str:
+    return _public(metadata.version(name))
 
 
 def log_model(predictor: Predictor, input_example: pd.DataFrame) -> tuple[str, str]:
@@ -186,7 +188,7 @@ def log_model(predictor: Predictor, input_example: pd.DataFrame) -> tuple[str, s
                 "preprocessing": str(Path(tmp) / PREPROCESSING_FILE),
                 "model": str(Path(tmp) / MODEL_DIR),
             },
-            code_paths=[str(PACKAGE_DIR)],
+            code_paths=[str(copy_bundle(Path(tmp) / "code"))],
             signature=signature(predictor),
             input_example=input_example,
             pip_requirements=pip_requirements(getattr(predictor.model, "kinds", {predictor.model.kind})),

@@ -3,6 +3,7 @@ git state and package versions, and secrets masked out of anything written or pr
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -65,13 +66,18 @@ def git_state(root: Path | None = None) -> dict[str, str]:
 
 
 def package_versions() -> dict[str, str]:
+    return dict(_installed_versions())
+
+
+@functools.cache  # what is installed does not change while a process runs (each look-up scans it)
+def _installed_versions() -> tuple[tuple[str, str], ...]:
     versions = {"python": platform.python_version()}
     for name in KEY_PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    return versions
+    return tuple(versions.items())
 
 
 def apply_credentials(path: str | None) -> None:
