@@ -335,3 +335,55 @@ def test_passwords_never_appear_in_what_is_written_or_printed(infra, tmp_path):
     assert "masking" in dump.stdout  # the runs did reach the store
     for secret in (db_password, server.password):
         assert secret not in written
+
+
+ECHO_MODEL = """
+import mlflow
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input: list[str], params=None) -> list[str]:
+        return model_input
+
+
+mlflow.models.set_model(Echo())
+"""
+
+# in its own process: the tracking URI and the active experiment are the process's
+LOG_AND_LIST = """
+import sys
+from pathlib import Path
+
+import mlflow
+
+from pipeline.tracking import integrity
+
+mlflow.set_tracking_uri(sys.argv[1])
+mlflow.set_experiment("model-listing")
+with mlflow.start_run():
+    info = mlflow.pyfunc.log_model(name="model", python_model=sys.argv[2], pip_requirements=["mlflow"])
+print("local folder:", integrity._local_folder(info.model_uri))
+listing, digest = integrity.model_listing(info.model_uri)
+print("files:", sorted(listing))
+downloaded = mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=sys.argv[3])
+integrity.check(Path(downloaded), listing, digest, "the model")
+print("a download matches it")
+"""
+
+
+def test_a_model_logged_to_the_server_is_hashed_as_stored_there(infra, tmp_path):
+    """The manifest recorded for a model logged through the server comes from the files the
+    server stores (downloaded: nothing of them is on this machine), and it is what a later check
+    of a download finds."""
+    cluster, server = infra
+    code = tmp_path / "echo.py"
+    code.write_text(ECHO_MODEL)
+    done = run_python(
+        [sys.executable, "-c", LOG_AND_LIST, server.url, str(code), str(tmp_path / "got")],
+        cwd=ROOT,
+        timeout=120,
+        env=_env(cluster, server),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "local folder: None" in done.stdout
+    assert "'MLmodel'" in done.stdout and "a download matches it" in done.stdout, done.stdout

@@ -79,11 +79,31 @@ def check_sealed(directory: Path, expected: str | None, what: str) -> None:
 
 
 def model_listing(model_uri: str) -> tuple[dict[str, str], str]:
-    """The manifest of a logged model's files, and its digest."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-        listing = manifest(local)
+    """The manifest of a just-logged model's files, and its digest: read where a local store keeps
+    them (a copy would only be hashed and thrown away), downloaded from any other store."""
+    stored = _local_folder(model_uri)
+    if stored is not None:
+        listing = manifest(stored)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            listing = manifest(
+                Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+            )
     return listing, digest_of(listing)
+
+
+def _local_folder(model_uri: str) -> Path | None:
+    """The folder of a logged model's files when the store keeps them on this machine."""
+    from urllib.parse import urlparse
+
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    location = ModelsArtifactRepository.get_underlying_uri(model_uri)
+    if urlparse(location).scheme not in ("", "file"):
+        return None
+    folder = Path(local_file_uri_to_path(location))
+    return folder if folder.is_dir() else None
 
 
 def checked_model(model_uri: str, run_id: str | None, expected: str | None, into: Path) -> Path:
