@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 from conftest import CONF, ROOT, TINY
 from hydra import compose, initialize_config_dir
+from python_runner import run_python
 
 from pipeline.runner import run_pipeline
 from pipeline.serving import cli as serving
@@ -141,13 +142,15 @@ def test_a_model_carries_the_modules_that_load_and_score_it_and_no_others(tmp_pa
     ).read_bytes()
 
 
-def test_pyfunc_round_trip_in_a_fresh_process(served, tmp_path):
+def test_pyfunc_round_trip_in_a_process_with_only_the_models_code(served, tmp_path):
     rows_file, out_file = tmp_path / "rows.pkl", tmp_path / "out.pkl"
     served["rows"].to_pickle(rows_file)
     code = (
         "import sys\n"
-        # only the model's own code can be imported: not the project's (editable install)
+        # only the model's own code can be imported: not the project's (editable install), nor
+        # what the process this one is forked from imported
         "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]\n"
+        "for name in [m for m in sys.modules if m.split('.')[0] == 'pipeline']:\n    del sys.modules[name]\n"
         "import mlflow, pandas as pd\n"
         f"mlflow.set_tracking_uri({served['store']!r})\n"
         f"model = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
@@ -160,14 +163,10 @@ def test_pyfunc_round_trip_in_a_fresh_process(served, tmp_path):
         "rows.loc[rows.index[1], 'x2'] = float('inf')\n"
         "try:\n    model.predict(rows)\nexcept Exception as refused:\n    print('refused:', refused)\n"
     )
-    # a fresh interpreter, started outside the repository
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": ""},
+    # its own process, started outside the repository (`make predict` and the served model
+    # below load it in fresh interpreters)
+    done = run_python(
+        [sys.executable, "-c", code], cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONPATH": ""}
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "loaded True" in done.stdout
