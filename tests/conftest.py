@@ -149,49 +149,46 @@ def run_cli(store: str, tmp_path: Path) -> Callable[..., subprocess.CompletedPro
 
 
 # loads a model where the project's own `pipeline` cannot be imported (not from the working folder,
-# nor through the editable install), so that only the code the model carries can serve it
+# nor through the editable install, nor from what the server this process is forked from imported),
+# so that only the code the model carries can serve it
 LOAD_ALONE = """
 import sys
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
-for name in [m for m in sys.modules if m == "pipeline" or m.startswith("pipeline.")]:
+for name in [m for m in sys.modules if m.split(".")[0] == "pipeline"]:
     del sys.modules[name]
 import mlflow, pandas as pd
 mlflow.set_tracking_uri(sys.argv[1])
 model = mlflow.pyfunc.load_model(sys.argv[2])
-model.predict(pd.read_pickle(sys.argv[3])).to_pickle(sys.argv[4])
-used = [m.__file__ for n, m in sys.modules.items() if n == "pipeline" or n.startswith("pipeline.")]
+try:
+    model.predict(pd.read_pickle(sys.argv[3])).to_pickle(sys.argv[4])
+except mlflow.exceptions.MlflowException as refused:  # the model refused the rows
+    print("refused:", refused)
+used = [m.__file__ for n, m in sys.modules.items() if n.split(".")[0] == "pipeline"]
 print("outside the model's code:", [f for f in used if "/code/pipeline/" not in f])
 """
 
 
-@pytest.fixture
-def load_alone(store: str, tmp_path: Path) -> Callable[..., Any]:
-    """`load_alone(model_uri, rows)`: the model's predictions for the rows, in a process that has
-    only the model's bundled code to import `pipeline` from."""
+def predict_alone(store: str, model_uri: str, rows: Any, folder: Path) -> Any:
+    """The model's predictions for the rows (a frame), or the line it refused them with, from a
+    process of its own that has only the model's bundled code to import `pipeline` from."""
     import pandas as pd
 
-    def load(model_uri: str, rows: pd.DataFrame) -> pd.DataFrame:
-        folder = Path(tempfile.mkdtemp(dir=tmp_path))
-        rows.to_pickle(folder / "rows.pkl")
-        done = run_python(
-            [
-                sys.executable,
-                "-c",
-                LOAD_ALONE,
-                store,
-                model_uri,
-                str(folder / "rows.pkl"),
-                str(folder / "out.pkl"),
-            ],
-            cwd=folder,
-            env={**os.environ, "PYTHONPATH": ""},
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert "outside the model's code: []" in done.stdout, done.stdout
-        return pd.read_pickle(folder / "out.pkl")
-
-    return load
+    folder = Path(tempfile.mkdtemp(dir=folder))
+    rows.to_pickle(folder / "rows.pkl")
+    command = [
+        sys.executable,
+        "-c",
+        LOAD_ALONE,
+        store,
+        model_uri,
+        str(folder / "rows.pkl"),
+        str(folder / "out.pkl"),
+    ]
+    done = run_python(command, cwd=folder, env={**os.environ, "PYTHONPATH": ""}, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "outside the model's code: []" in done.stdout, done.stdout
+    refused = [line for line in done.stdout.splitlines() if line.startswith("refused: ")]
+    return refused[0].removeprefix("refused: ") if refused else pd.read_pickle(folder / "out.pkl")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

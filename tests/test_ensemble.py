@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import predict_alone
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 
@@ -92,9 +93,7 @@ def _noisy_table(n: int, seed: int) -> pd.DataFrame:
     return frame
 
 
-def test_an_ensemble_that_wins_on_validation_is_registered_and_serves_raw_rows(
-    make_cfg, store, tmp_path, load_alone
-):
+def test_an_ensemble_that_wins_on_validation_is_registered_and_serves_raw_rows(make_cfg, store, tmp_path):
     """Families with different encodings (the tabular network's codes, the linear model's one-hot
     columns) blended: the version says it is an ensemble and of what, the pyfunc scores raw rows
     (an unseen level, a missing number) as the evaluation did, with nothing but the code it
@@ -135,7 +134,7 @@ def test_an_ensemble_that_wins_on_validation_is_registered_and_serves_raw_rows(
     rows = test.head(4).copy()
     rows.loc[rows.index[0], "city"], rows.loc[rows.index[1], "a"] = "unseen", np.nan
     expected = ensemble_predictor(prepared, result.outputs["train"], evaluation.ensemble).predict_frame(rows)
-    got = load_alone(f"models:/{decision.model_name}@champion", rows)
+    got = predict_alone(store, f"models:/{decision.model_name}@champion", rows, tmp_path)
     np.testing.assert_allclose(got["proba_y"].to_numpy(float), expected["proba_y"].to_numpy(float), rtol=1e-5)
 
     alone = run_pipeline(

@@ -21,9 +21,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import CONF, ROOT, TINY
+from conftest import CONF, ROOT, TINY, predict_alone
 from hydra import compose, initialize_config_dir
-from python_runner import run_python
 
 from pipeline.runner import run_pipeline
 from pipeline.serving import cli as serving
@@ -143,36 +142,18 @@ def test_a_model_carries_the_modules_that_load_and_score_it_and_no_others(tmp_pa
 
 
 def test_pyfunc_round_trip_in_a_process_with_only_the_models_code(served, tmp_path):
-    rows_file, out_file = tmp_path / "rows.pkl", tmp_path / "out.pkl"
-    served["rows"].to_pickle(rows_file)
-    code = (
-        "import sys\n"
-        # only the model's own code can be imported: not the project's (editable install), nor
-        # what the process this one is forked from imported
-        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]\n"
-        "for name in [m for m in sys.modules if m.split('.')[0] == 'pipeline']:\n    del sys.modules[name]\n"
-        "import mlflow, pandas as pd\n"
-        f"mlflow.set_tracking_uri({served['store']!r})\n"
-        f"model = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
-        f"rows = pd.read_pickle({str(rows_file)!r})\n"
-        f"model.predict(rows).to_pickle({str(out_file)!r})\n"
-        "print('loaded', 'pipeline' in sys.modules)\n"
-        "print('outside', [m.__file__ for n, m in sys.modules.items() if n.split('.')[0] == 'pipeline'"
-        " and '/code/pipeline/' not in m.__file__])\n"
-        # the model itself refuses what the server and make predict refuse before calling it
-        "rows.loc[rows.index[1], 'x2'] = float('inf')\n"
-        "try:\n    model.predict(rows)\nexcept Exception as refused:\n    print('refused:', refused)\n"
+    """In a process of its own, outside the repository (`make predict` and the served model below
+    load it in fresh interpreters), the model scores rows as the pipeline did, and refuses what
+    the server and make predict refuse before calling it."""
+    uri = f"models:/{MODEL}@champion"
+    _assert_same(predict_alone(served["store"], uri, served["rows"], tmp_path), served["expected"])
+    rows = served["rows"].copy()
+    rows.loc[rows.index[1], "x2"] = float("inf")
+    refused = predict_alone(served["store"], uri, rows, tmp_path)
+    assert (
+        refused
+        == "column 'x2' holds infinite or out-of-range values in rows 2; send finite numbers or leave them empty"
     )
-    # its own process, started outside the repository (`make predict` and the served model
-    # below load it in fresh interpreters)
-    done = run_python(
-        [sys.executable, "-c", code], cwd=tmp_path, timeout=300, env={**os.environ, "PYTHONPATH": ""}
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "loaded True" in done.stdout
-    assert "outside []" in done.stdout, done.stdout
-    assert "refused: column 'x2' holds infinite or out-of-range values in rows 2" in done.stdout, done.stdout
-    _assert_same(pd.read_pickle(out_file), served["expected"])
 
 
 def _free_port() -> int:
