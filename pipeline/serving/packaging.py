@@ -7,9 +7,7 @@ depend on where it runs."""
 
 from __future__ import annotations
 
-import functools
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, Schema
 
+from pipeline import installed
 from pipeline.data.inspection import DATE, NUMERIC
 from pipeline.serving.bundle import PACKAGE_DIR, copy_bundle
 from pipeline.serving.predictor import MODEL_DIR, PREPROCESSING_FILE, Predictor
@@ -166,15 +165,11 @@ def pip_requirements(kinds: set[str]) -> list[str]:
     """The packages a model of these kinds (its own, or its members') needs where it is served,
     pinned to the versions it was made with; a network also needs torch, whose CPU build comes
     from PyTorch's index."""
-    pinned = [f"{name}=={_installed(name)}" for name in REQUIREMENTS]
+    pinned = [f"{name}=={_public(installed.version(name))}" for name in REQUIREMENTS]
     if "network" in kinds:
-        pinned = [f"--extra-index-url {TORCH_CPU_INDEX}", f"torch=={_installed('torch')}", *pinned]
+        torch = f"torch=={_public(installed.version('torch'))}"
+        pinned = [f"--extra-index-url {TORCH_CPU_INDEX}", torch, *pinned]
     return pinned
-
-
-@functools.cache  # what is installed does not change while a process runs (each look-up scans it)
-def _installed(name: str) -> str:
-    return _public(metadata.version(name))
 
 
 def log_model(predictor: Predictor, input_example: pd.DataFrame) -> tuple[str, str]:

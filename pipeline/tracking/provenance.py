@@ -3,7 +3,6 @@ git state and package versions, and secrets masked out of anything written or pr
 
 from __future__ import annotations
 
-import functools
 import os
 import platform
 import re
@@ -12,6 +11,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from pipeline import installed
 
 KEY_PACKAGES = ("torch", "mlflow", "optuna", "hydra-core", "scikit-learn", "numpy", "pandas")
 _CREDENTIALS = re.compile(
@@ -66,18 +67,13 @@ def git_state(root: Path | None = None) -> dict[str, str]:
 
 
 def package_versions() -> dict[str, str]:
-    return dict(_installed_versions())
-
-
-@functools.cache  # what is installed does not change while a process runs (each look-up scans it)
-def _installed_versions() -> tuple[tuple[str, str], ...]:
     versions = {"python": platform.python_version()}
     for name in KEY_PACKAGES:
         try:
-            versions[name] = metadata.version(name)
+            versions[name] = installed.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    return tuple(versions.items())
+    return versions
 
 
 def apply_credentials(path: str | None) -> None:
