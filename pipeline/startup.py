@@ -10,7 +10,10 @@ first optimizer step), or after `LATEST_SECONDS` at most: then what exists is fr
 scanned again) and full collections resume for whatever comes after. Freezing without a full
 collection first keeps the little cyclic garbage that start-up left in the old generation
 (some thousand objects, mostly from composing the config) for the life of the process; a full
-collection then would take longer (0.4 s) than all of the passes that are left."""
+collection then would take longer (0.4 s) than all of the passes that are left.
+
+A command that loads a saved model also imports scipy's ufuncs before torch and MLflow (see
+`import_scipy_ufuncs_first`)."""
 
 from __future__ import annotations
 
@@ -45,3 +48,11 @@ def resume_full_collections() -> None:
         gc.collect(1)  # the young generations' garbage: cheap to free
         gc.freeze()
         gc.set_threshold(*_deferred.pop())
+
+
+def import_scipy_ufuncs_first() -> None:
+    """Call as a command starts, before it imports torch or MLflow. Importing skops (which reads
+    the saved preprocessing and tree models) names each of scipy's ufuncs by scanning the loaded
+    modules in import order until one holds it: behind the 2,500 modules of torch and MLflow that
+    scan takes a second or more; ahead of them, a few milliseconds."""
+    import scipy.special  # noqa: F401

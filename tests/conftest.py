@@ -33,6 +33,10 @@ TINY = [
     # figures cost 0.1-0.3 s each and most runs draw 8-20; tests/test_plots.py draws every one,
     # and the tests of the report and of the plots in the store turn them on
     "tracking.plots=false",
+    # its thread reads the run and logs a batch every half second beside each train and tune run;
+    # tests/test_mlflow_ui.py checks the samples, and the runs that faults and signals end keep
+    # it on (tests/test_faults.py `_cli`)
+    "tracking.system_metrics=false",
 ]
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in test logs

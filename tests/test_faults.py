@@ -43,6 +43,7 @@ def _cli(store: str, out: Path, *overrides: str) -> list[str]:
         "-m",
         "pipeline",
         *TINY,
+        "tracking.system_metrics=true",  # its thread must end with the runs a fault ends
         f"tracking.uri={store}",
         f"hydra.run.dir={out}",
         *overrides,

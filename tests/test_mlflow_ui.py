@@ -84,7 +84,13 @@ def finished_once(tmp_path_factory, migrated_db):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(
             config_name="config",
-            overrides=[*TINY, f"tracking.uri={store}", "candidates=[network,linear]", "tracking.plots=true"],
+            overrides=[
+                *TINY,
+                f"tracking.uri={store}",
+                "candidates=[network,linear]",
+                "tracking.plots=true",
+                "tracking.system_metrics=true",
+            ],
         )
     result = run_pipeline(cfg)
     mlflow.set_tracking_uri(store)

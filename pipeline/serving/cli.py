@@ -112,7 +112,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """`python -m pipeline.serving`: `main` in a process of its own, which starts the way a
+    pipeline command does (see `pipeline.startup`) and ends without the seconds of module
+    teardown (see `pipeline.shutdown`)."""
     from pipeline.shutdown import run_then_exit
+    from pipeline.startup import defer_full_collections, import_scipy_ufuncs_first
 
-    run_then_exit(main)  # without the seconds of module teardown at exit
+    defer_full_collections()  # until the model is loaded
+    import_scipy_ufuncs_first()
+    run_then_exit(main)
+
+
+if __name__ == "__main__":
+    command()

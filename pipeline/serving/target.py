@@ -92,15 +92,18 @@ def resolve_target(cfg: DictConfig, model_uri: str | None = None) -> Target:
 
 def load(target: Target) -> Any:
     """The pyfunc model of `target`, or one line saying why it cannot be loaded."""
+    from pipeline.startup import resume_full_collections
     from pipeline.tracking import registry
 
     try:
-        return registry.load_model(target.model_uri)
+        model = registry.load_model(target.model_uri)
     except PipelineError:
         raise
     except Exception as exc:  # noqa: BLE001 - a wrong URI, a missing artifact, an older format
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ServingError(f"cannot load model {target.model_uri}: {first}") from None
+    resume_full_collections()  # a serving command's start-up ends with its model loaded
+    return model
 
 
 def input_columns(model: Any) -> dict[str, str]:
