@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from python_runner import start_python
 
 from pipeline.errors import ConfigError, UpstreamMissing
 from pipeline.runner import run_pipeline
@@ -205,14 +205,7 @@ def test_sigterm_ends_open_runs_killed(store, tmp_path):
         f"tracking.uri={store}",
         f"hydra.run.dir={tmp_path / 'outputs'}",
     ]
-    proc = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = start_python(args, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.monotonic() + 180
         tune_running = False

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 from conftest import CONF, ROOT, TINY, predict_alone
 from hydra import compose, initialize_config_dir
+from python_runner import start_python
 
 from pipeline.runner import run_pipeline
 from pipeline.serving import cli as serving
@@ -220,8 +221,9 @@ MAX_ROWS = 1000  # the server's serve.max_rows
 
 @pytest.fixture(scope="module")
 def server(served, tmp_path_factory):
-    """One `python -m pipeline.serving serve` on a free port for the module's HTTP tests (each
-    start costs about 10 s); yields its URL, process and log."""
+    """One `python -m pipeline.serving serve` on a free port for the module's HTTP tests, started
+    from the tests' python server (`make predict` below runs in an interpreter of its own);
+    yields its URL, process and log."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("server") / "serve.log"
@@ -230,25 +232,9 @@ def server(served, tmp_path_factory):
         "MLFLOW_TRACKING_URI": served["store"],
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.serving",
-                "serve",
-                "--port",
-                str(port),
-                "data=table",
-                f"data.path={served['root'] / 'table.csv'}",
-                f"serve.max_rows={MAX_ROWS}",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [sys.executable, "-m", "pipeline.serving", "serve", "--port", str(port), "data=table",
+               f"data.path={served['root'] / 'table.csv'}", f"serve.max_rows={MAX_ROWS}"]  # fmt: skip
+    process = start_python(command, cwd=ROOT, env=env, output=log, merge=True, new_session=True)
     try:
         _wait_ready(url, process, log)
         yield {"url": url, "process": process, "log": log}
