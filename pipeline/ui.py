@@ -21,6 +21,29 @@ def server_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONWARNINGS": QUIET_SERVER, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
+def _experiment_id(store: str, name: str) -> str | None:
+    """The id of the active experiment `name`, or None. A local store is read directly (MLflow's
+    experiments table, read-only): importing MLflow for it would delay the link by seconds, and
+    the server that follows imports it anyway."""
+    if store.startswith("sqlite:///"):
+        import sqlite3
+        from contextlib import closing
+
+        try:
+            with closing(sqlite3.connect(f"file:{store[len('sqlite:///') :]}?mode=ro", uri=True)) as db:
+                found = db.execute(
+                    "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
+                    (name,),
+                ).fetchone()
+        except sqlite3.DatabaseError:  # not a store yet (the server says what is wrong with it)
+            return None
+        return str(found[0]) if found else None
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(tracking_uri=store).get_experiment_by_name(name)
+    return found.experiment_id if found and found.lifecycle_stage == "active" else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backend-store-uri", required=True)
@@ -33,15 +56,11 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
 
-    import mlflow
-
     experiment_id = "0"
     if args.backend_store_uri.startswith("sqlite:///") and not os.path.exists(args.backend_store_uri[10:]):
         print("no tracking store yet: run `make pipeline` first", file=sys.stderr)
     else:
-        mlflow.set_tracking_uri(args.backend_store_uri)
-        found = mlflow.tracking.MlflowClient().get_experiment_by_name(args.experiment)
-        experiment_id = found.experiment_id if found else "0"
+        experiment_id = _experiment_id(args.backend_store_uri, args.experiment) or "0"
     url = f"http://127.0.0.1:{args.port}"
     print(f"MLflow UI: {url}/#/experiments/{experiment_id}?workflowType=machine_learning", flush=True)
     mlflow_cli = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"

@@ -72,6 +72,20 @@ def test_ui_serves_the_store_and_prints_the_runs_table_link(make_cfg, store, tmp
         log.close()
 
 
+def test_the_link_names_the_active_experiment_of_that_name(store, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.ui import _experiment_id
+
+    client = MlflowClient(tracking_uri=store)
+    kept = client.create_experiment("kept")
+    client.delete_experiment(client.create_experiment("gone"))
+    assert _experiment_id(store, "kept") == kept
+    assert _experiment_id(store, "gone") is None and _experiment_id(store, "never") is None
+    (tmp_path / "other.db").write_text("not a database")
+    assert _experiment_id(f"sqlite:///{tmp_path / 'other.db'}", "kept") is None
+
+
 def test_dashboard_shows_the_study(make_cfg, store):
     run_pipeline(make_cfg("stages=[prepare,tune]"))
     journal = Path(store[len("sqlite:///") :]).parent / "optuna.journal"
