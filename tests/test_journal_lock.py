@@ -4,12 +4,15 @@ waiting out a stale lock file's grace (30 s with Optuna's own lock)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from pipeline.tuning.journal_lock import JournalFlock
 
@@ -62,3 +65,27 @@ def test_threads_of_one_process_exclude_each_other(tmp_path):
     assert not got.wait(0.5)
     lock.release()
     assert got.wait(5)
+
+
+def test_a_signal_while_the_lock_is_held_is_handled_once_it_is_released(tmp_path):
+    """A handler that raises (Ctrl-C, SIGTERM) must not leave the lock held: the ending of the
+    interrupted trial appends to the same journal."""
+    lock = JournalFlock(str(tmp_path / "optuna.journal"))
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        lock.acquire()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)  # the handler's turn would have come here
+        with pytest.raises(Interrupted):
+            lock.release()
+        assert signal.getsignal(signal.SIGTERM) is interrupt
+        assert _acquire_in_thread(lock).wait(5)  # released before the handler ran
+    finally:
+        signal.signal(signal.SIGTERM, previous)
