@@ -143,9 +143,9 @@ def test_a_model_carries_the_modules_that_load_and_score_it_and_no_others(tmp_pa
 
 
 def test_pyfunc_round_trip_in_a_process_with_only_the_models_code(served, tmp_path):
-    """In a process of its own, outside the repository (`make predict` and the served model below
-    load it in fresh interpreters), the model scores rows as the pipeline did, and refuses what
-    the server and make predict refuse before calling it."""
+    """In a process of its own, outside the repository (`make predict` below loads it in a fresh
+    interpreter), the model scores rows as the pipeline did, and refuses what the server and make
+    predict refuse before calling it."""
     uri = f"models:/{MODEL}@champion"
     _assert_same(predict_alone(served["store"], uri, served["rows"], tmp_path), served["expected"])
     rows = served["rows"].copy()
