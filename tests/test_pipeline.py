@@ -200,7 +200,11 @@ def test_sigterm_ends_open_runs_killed(store, tmp_path):
         "-m",
         "pipeline",
         "tune.n_trials=50",
-        "tune.epochs=30",
+        # trials of seconds, so that the signal lands in one (a 30-epoch trial ends in half a
+        # second, and the signal could come between two)
+        "tune.epochs=400",
+        "tune.pruner=none",
+        "train.early_stopping.patience=1000",
         "train.threads=1",
         f"tracking.uri={store}",
         f"hydra.run.dir={tmp_path / 'outputs'}",
