@@ -26,6 +26,19 @@ START_TIMEOUT = 120.0
 # set by `share_server` for the test processes that run beside the one that started it
 SHARED_ADDRESS = "PIPELINE_TEST_PYTHON_SERVER"
 
+# `python -c` code that several processes run to act at the same moment (a time in sys.argv[2])
+# starts with this and calls `wait_for_the_start()`: it sleeps, then spins only the last
+# milliseconds (processes that spin for seconds take the cores from everything else)
+AT_THE_START = """
+import sys, time
+
+
+def wait_for_the_start():
+    time.sleep(max(0.0, float(sys.argv[2]) - time.time() - 0.01))
+    while time.time() < float(sys.argv[2]):
+        pass
+"""
+
 
 class PythonServer:
     """The server's process (`launch`), or one that another process launched (`reach`)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY
 from mlflow.tracking import MlflowClient
-from python_runner import run_python, start_python
+from python_runner import AT_THE_START, run_python, start_python
 
 from pipeline.errors import PipelineError
 from pipeline.faults import explain
@@ -281,16 +281,17 @@ def test_the_probe_passes_a_server_that_answers_even_with_credentials_in_its_uri
 # --- busy: pipelines started together ---------------------------------------------------------
 
 
-REAPER = """
-import sys, time
+REAPER = (
+    AT_THE_START
+    + """
 from mlflow.tracking import MlflowClient
 from pipeline.tracking.store import end_killed
 client = MlflowClient(tracking_uri=sys.argv[1])
-while time.time() < float(sys.argv[2]):
-    pass
+wait_for_the_start()
 for run_id in sys.argv[3:]:
     end_killed(client, run_id, "process 1 on here died while it ran")
 """
+)
 
 
 def test_processes_that_reap_the_same_dead_runs_at_once_all_succeed(store):
@@ -314,8 +315,9 @@ def test_processes_that_reap_the_same_dead_runs_at_once_all_succeed(store):
         assert run.data.tags["killed.reason"] == "process 1 on here died while it ran"
 
 
-DATASET_LOGGER = """
-import sys, time
+DATASET_LOGGER = (
+    AT_THE_START
+    + """
 import mlflow, pandas as pd
 from mlflow.entities import DatasetInput
 from mlflow.tracking import MlflowClient
@@ -324,11 +326,11 @@ client = MlflowClient(tracking_uri=sys.argv[1])
 frame = pd.DataFrame({"x": [1.0, 2.0]})
 inputs = [DatasetInput(mlflow.data.from_pandas(frame, name=f"split{i}", digest="d1")._to_mlflow_entity())
           for i in range(20)]
-while time.time() < float(sys.argv[2]):
-    pass
+wait_for_the_start()
 for entry in inputs:
     log_dataset(client, sys.argv[3], entry)
 """
+)
 
 
 def test_runs_that_log_the_same_datasets_at_once_all_succeed(store):

@@ -24,7 +24,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
-from python_runner import run_python, start_python
+from python_runner import AT_THE_START, run_python, start_python
 
 from pipeline.infra import PostgresCluster, TrackingServer, free_port, postgres_available
 
@@ -189,13 +189,14 @@ def _request(url: str, body: bytes, auth: tuple[str, str] | None) -> int:
         return error.code
 
 
-OPEN_STORAGE = """
-import sys, time
+OPEN_STORAGE = (
+    AT_THE_START
+    + """
 from pipeline.tuning.study import make_storage
-while time.time() < float(sys.argv[2]):  # the same moment in every process
-    pass
+wait_for_the_start()  # the same moment in every process
 make_storage(sys.argv[1], 1)
 """
+)
 
 
 def test_workers_that_open_a_new_study_database_at_once_all_succeed(infra):
