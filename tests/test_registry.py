@@ -15,8 +15,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import CONF, ROOT, TINY
-from hydra import compose, initialize_config_dir
+from conftest import ROOT, TINY, composed
 from mlflow.tracking import MlflowClient
 from python_runner import start_python
 from sklearn import metrics as skm
@@ -51,9 +50,7 @@ class Pipelines:
         self.trained: dict[tuple[str, str], PipelineResult] = {}
 
     def run(self, *overrides: str) -> PipelineResult:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[*TINY, f"tracking.uri={self.store}", *overrides])
-        return run_pipeline(cfg)
+        return run_pipeline(composed([*TINY, f"tracking.uri={self.store}", *overrides]))
 
     def model(self, data: str, quality: str) -> PipelineResult:
         """prepare+train+evaluate of a good (default settings) or bad model on `data`."""
