@@ -30,6 +30,9 @@ TINY = [
     "candidates=[network]",
     "evaluate.bootstrap=50",
     "train.threads=1",
+    # the tree families' sizes shrunk like the network's epochs (every step they report is kept)
+    "family.random_forest.n_estimators=40",
+    "family.hist_gradient_boosting.max_iter=40",
     # figures cost 0.1-0.3 s each and most runs draw 8-20; tests/test_plots.py draws every one,
     # and the tests of the report and of the plots in the store turn them on
     "tracking.plots=false",
