@@ -80,6 +80,8 @@ def _pipeline(*overrides: str, tmp: Path) -> list[str]:
         "train.threads=1",
         "candidates=[network]",
         "evaluate.bootstrap=20",
+        "tracking.plots=false",  # as in every test's runs (conftest.TINY): images hold no secret
+        "tracking.system_metrics=false",
         *overrides,
     ]
 
