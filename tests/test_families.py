@@ -81,9 +81,8 @@ def test_a_refit_adds_the_validation_rows_for_the_chosen_step_count(cancer, name
     cfg, prepared, objective = cancer
     settings = settings_of(cfg)
     OmegaConf.update(settings, "train.refit", False)
-    if (
-        name == "network"
-    ):  # a process's first fit pays torch's one-off costs, which the timing below must not see
+    # a process's first fit pays torch's one-off costs, which the timing below must not see
+    if name == "network":
         train(name, settings, prepared, objective)
     first = train(name, settings, prepared, objective)
     OmegaConf.update(settings, "train.refit", True)
