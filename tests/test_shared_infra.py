@@ -106,7 +106,7 @@ def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
         f"tune.storage={storage}",
         "tune.study_name=shared",
         f"tune.n_trials={n_trials}",
-        "tune.epochs=20",
+        "tune.epochs=60",  # trials long enough that the kill lands inside the one seen running
         "tune.pruner=none",
         # the killed trial is failed once its heartbeat is 3 beats late; a live one's beat can
         # come a second late on two cores shared with the rest of the suite
@@ -140,6 +140,17 @@ def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
         )
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
+        # the trial seen running may have ended in the moment before the signal came, and the
+        # next one begun: the killed trial is the one the dead process left running
+        left = [
+            (t.number, t.user_attrs.get("mlflow_run_id"))
+            for t in optuna.load_study(study_name="shared", storage=storage).get_trials(
+                states=(TrialState.RUNNING,)
+            )
+            if t.user_attrs.get("pid") == victim.pid
+        ]
+        assert len(left) == 1 and left[0][1], f"the kill did not land inside a trial's run: {left}"
+        killed_trial = left[0][0]
         workers += [start_worker(i) for i in (1, 2)]
         for worker in workers[1:]:
             out, err = worker.communicate(timeout=400)
