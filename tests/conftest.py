@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from python_runner import run_python, share_server
+from python_runner import remember_the_schema_head, run_python, share_server
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -59,6 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from pipeline.config import register_schemas
 
     register_schemas()
+    remember_the_schema_head()
 
 
 def _exit_without_teardown() -> None:

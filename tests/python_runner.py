@@ -40,6 +40,23 @@ def wait_for_the_start():
 """
 
 
+def remember_the_schema_head() -> None:
+    """MLflow parses its hundred-odd migration scripts to find the newest schema each time it opens
+    a SQL store (15-20 ms), and the tests open a new store hundreds of times: the answer, which
+    only an upgrade of MLflow changes, is worked out once per test process (and once for the
+    runs forked from the python server)."""
+    import functools
+
+    import mlflow.store.db.utils as db_utils
+
+    head = getattr(db_utils, "_get_latest_schema_revision", None)
+    if head is None:  # another MLflow: nothing to remember
+        return
+    if not hasattr(head, "cache_info"):
+        db_utils._get_latest_schema_revision = head = functools.cache(head)
+    head()
+
+
 class PythonServer:
     """The server's process (`launch`), or one that another process launched (`reach`)."""
 

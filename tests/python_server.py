@@ -82,6 +82,7 @@ importlib.import_module("pipeline.serving.bundle").bundled_modules()
 # MLflow's map of installed packages to their modules, which logging a model builds once (a scan
 # of every installed package's files, about a second); nothing installs packages during the tests
 importlib.import_module("mlflow.utils.requirements_utils")._init_modules_to_packages_map()
+importlib.import_module("python_runner").remember_the_schema_head()
 
 PR_SET_PDEATHSIG = 1
 
