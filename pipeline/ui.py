@@ -21,16 +21,21 @@ def server_environment() -> dict[str, str]:
     return {**os.environ, "PYTHONWARNINGS": QUIET_SERVER, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
+def _local_file(store: str) -> str | None:
+    """The file of a local SQLite store, else None (pipeline.tracking.store imports MLflow)."""
+    return store[len("sqlite:///") :] if store.startswith("sqlite:///") else None
+
+
 def _experiment_id(store: str, name: str) -> str | None:
     """The id of the active experiment `name`, or None. A local store is read directly (MLflow's
     experiments table, read-only): importing MLflow for it would delay the link by seconds, and
     the server that follows imports it anyway."""
-    if store.startswith("sqlite:///"):
+    if (file := _local_file(store)) is not None:
         import sqlite3
         from contextlib import closing
 
         try:
-            with closing(sqlite3.connect(f"file:{store[len('sqlite:///') :]}?mode=ro", uri=True)) as db:
+            with closing(sqlite3.connect(f"file:{file}?mode=ro", uri=True)) as db:
                 found = db.execute(
                     "SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'",
                     (name,),
@@ -57,7 +62,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
 
     experiment_id = "0"
-    if args.backend_store_uri.startswith("sqlite:///") and not os.path.exists(args.backend_store_uri[10:]):
+    local = _local_file(args.backend_store_uri)
+    if local is not None and not os.path.exists(local):
         print("no tracking store yet: run `make pipeline` first", file=sys.stderr)
     else:
         experiment_id = _experiment_id(args.backend_store_uri, args.experiment) or "0"

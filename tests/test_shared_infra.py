@@ -125,8 +125,8 @@ def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
     workers = [victim]
     try:
         deadline = time.time() + 240
-        killed_trial = None
-        while time.time() < deadline and killed_trial is None and victim.poll() is None:
+        seen = None  # a trial of the first worker, running with its MLflow run
+        while time.time() < deadline and seen is None and victim.poll() is None:
             time.sleep(0.2)
             try:
                 study = optuna.load_study(study_name="shared", storage=storage)
@@ -134,10 +134,8 @@ def test_workers_share_one_study_and_survive_a_sigkill(infra, tmp_path):
                 continue
             for trial in study.get_trials(states=(TrialState.RUNNING,)):
                 if trial.user_attrs.get("pid") == victim.pid and trial.user_attrs.get("mlflow_run_id"):
-                    killed_trial = trial.number
-        assert killed_trial is not None, (
-            f"the first worker never ran a trial: {victim.communicate()[1][-2000:]}"
-        )
+                    seen = trial.number
+        assert seen is not None, f"the first worker never ran a trial: {victim.communicate()[1][-2000:]}"
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
         # the trial seen running may have ended in the moment before the signal came, and the
